@@ -1,0 +1,181 @@
+"""The exception tree of goodrepo, with the HTTP mapping in one place.
+
+Every error a client can see is a :class:`GoodrepoError` subclass with a stable ``code``
+(see the API reference) and an HTTP ``status``. The core app renders them all through one
+function; anything else is logged with its traceback and answered as ``INTERNAL_ERROR``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GoodrepoError(Exception):
+    """Raised for any failure that has a stable, client-visible error code."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+    default_message = "internal error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``error`` object of the JSON error shape (without the request id)."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidRequest(GoodrepoError):
+    """Raised when a request is malformed (bad JSON, bad query parameter)."""
+
+    status = 400
+    code = "INVALID_REQUEST"
+    default_message = "invalid request"
+
+
+class ValidationError(GoodrepoError):
+    """Raised when an identifier or a document fails the schema's validation rules."""
+
+    status = 400
+    code = "VALIDATION_ERROR"
+    default_message = "validation failed"
+
+
+class DigestMismatch(GoodrepoError):
+    """Raised when uploaded bytes do not match the digest the client announced."""
+
+    status = 400
+    code = "DIGEST_MISMATCH"
+    default_message = "the uploaded bytes do not match the announced digest"
+
+
+class Unauthorized(GoodrepoError):
+    """Raised when a request carries no valid credentials."""
+
+    status = 401
+    code = "UNAUTHORIZED"
+    default_message = "authentication required"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class Forbidden(GoodrepoError):
+    """Raised when valid credentials lack the scope an operation needs."""
+
+    status = 403
+    code = "FORBIDDEN"
+    default_message = "insufficient scope"
+
+
+class NotFound(GoodrepoError):
+    """Raised when the requested resource does not exist."""
+
+    status = 404
+    code = "NOT_FOUND"
+    default_message = "not found"
+
+
+class MethodNotAllowed(GoodrepoError):
+    """Raised when a path exists but not for the request's method."""
+
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+    default_message = "method not allowed"
+
+
+class Conflict(GoodrepoError):
+    """Raised when a write conflicts with the stored state."""
+
+    status = 409
+    code = "CONFLICT"
+    default_message = "conflict"
+
+
+class AlreadyExists(Conflict):
+    """Raised when publishing coordinates that already exist."""
+
+    code = "ALREADY_EXISTS"
+    default_message = "already exists"
+
+
+class PreconditionFailed(GoodrepoError):
+    """Raised when an ``If-Match``/``If-None-Match`` precondition does not hold."""
+
+    status = 412
+    code = "PRECONDITION_FAILED"
+    default_message = "precondition failed"
+
+
+class PayloadTooLarge(GoodrepoError):
+    """Raised when a request body exceeds a configured limit."""
+
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+    default_message = "request body too large"
+
+
+class BlobTooLarge(PayloadTooLarge):
+    """Raised when an uploaded blob exceeds the blob store's ``max_blob_bytes``."""
+
+    code = "BLOB_TOO_LARGE"
+    default_message = "blob exceeds the store's size limit"
+
+
+class RangeNotSatisfiable(GoodrepoError):
+    """Raised when a ``Range`` lies wholly past the end of a blob."""
+
+    status = 416
+    code = "RANGE_NOT_SATISFIABLE"
+    default_message = "range not satisfiable"
+
+
+class InvalidConfig(GoodrepoError):
+    """Raised when a schema fails load-time validation; ``problems`` lists every problem."""
+
+    status = 422
+    code = "INVALID_CONFIG"
+    default_message = "invalid configuration"
+
+    def __init__(self, problems: list[dict[str, str]], message: str | None = None) -> None:
+        self.problems = problems
+        text = message or f"schema rejected with {len(problems)} problem(s)"
+        super().__init__(text, details={"problems": problems})
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        lines += [f"  {p['path']}: {p['message']}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class StoreError(GoodrepoError):
+    """Raised when the KV store or the blob store fails underneath an operation."""
+
+    status = 500
+    code = "STORE_ERROR"
+    default_message = "storage failure"
+
+
+class ConfigurationError(ValueError):
+    """Raised at start-up when a setting is unknown, malformed or contradictory."""
+
+
+def error_for(code: str, status: int, message: str, details: dict | None = None) -> GoodrepoError:
+    """Build an error with an arbitrary code, as the ``respond.error`` op declares it."""
+    err = GoodrepoError(message, details=details)
+    err.code = code
+    err.status = status
+    return err

@@ -1,0 +1,361 @@
+"""The embedded key-value store: one RocksDB (through rocksdict) per data directory.
+
+Keys are bytes, values are JSON documents encoded as UTF-8. Writes that matter go through
+:class:`Transaction`: staged in one ``WriteBatch`` and committed atomically with a synced
+WAL, so a write that acknowledges a publish is durable before the answer is sent.
+
+Concurrency: a transaction locks exactly the keys it reads or writes (``lock=True`` reads,
+every write), and holds them until it commits or aborts. Unrelated transactions never wait
+for each other except for the short, serialised ``write`` of the batch itself, which also
+hands out the sequence numbers of append-only logs so that they appear in commit order.
+
+Usage::
+
+    kv = KV(tmp_path / "kv")
+    with kv.transaction() as txn:
+        if txn.get_json(b"d:x", lock=True) is None:
+            txn.put_json(b"d:x", {"a": 1})
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from ..errors import StoreError
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = 30.0
+_SEQ_WIDTH = 8
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a JSON document the one way the store writes them."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def loads(raw: bytes | None) -> Any:
+    """Decode a stored JSON document; ``None`` stays ``None``."""
+    return None if raw is None else json.loads(raw)
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
+    p = bytearray(prefix)
+    while p:
+        if p[-1] < 0xFF:
+            p[-1] += 1
+            return bytes(p)
+        p.pop()
+    return None
+
+
+def seq_key(log_prefix: bytes, seq: int) -> bytes:
+    """The key of entry ``seq`` of the append-only log stored under ``log_prefix``."""
+    return log_prefix + seq.to_bytes(_SEQ_WIDTH, "big")
+
+
+class _KeyLocks:
+    """Per-key locks created on demand and dropped when nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[bytes, list[Any]] = {}  # key -> [lock, users]
+
+    def acquire(self, key: bytes, timeout: float = LOCK_TIMEOUT) -> None:
+        with self._mutex:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        if not entry[0].acquire(timeout=timeout):
+            self._drop(key, entry)
+            raise StoreError("timed out waiting for a lock on a record")
+
+    def release(self, key: bytes) -> None:
+        with self._mutex:
+            entry = self._locks[key]
+        entry[0].release()
+        self._drop(key, entry)
+
+    def _drop(self, key: bytes, entry: list[Any]) -> None:
+        with self._mutex:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
+
+
+class KV:
+    """A RocksDB database holding JSON documents under byte keys.
+
+    ``path`` is created if missing. ``read_only=True`` opens a secondary instance (for
+    followers and inspection tools) that never writes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        try:
+            if read_only:
+                secondary = self.path.with_name(self.path.name + ".secondary")
+                secondary.mkdir(parents=True, exist_ok=True)
+                self._db = Rdict(
+                    str(self.path), opts, access_type=AccessType.secondary(str(secondary))
+                )
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._db = Rdict(str(self.path), opts)
+        except Exception as err:  # rocksdict raises plain Exception for open failures
+            raise StoreError(f"cannot open the KV store: {err}") from err
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self._locks = _KeyLocks()
+        self._commit_lock = threading.Lock()
+        self._log_next: dict[bytes, int] = {}
+        self._closed = False
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        """The raw value under ``key``, or None."""
+        value = self._db.get(key)
+        return value if value is None else bytes(value)
+
+    def get_json(self, key: bytes) -> Any:
+        """The JSON document under ``key``, or None."""
+        return loads(self.get(key))
+
+    def scan(
+        self,
+        prefix: bytes,
+        *,
+        start: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Yield ``(key, value)`` for keys starting with ``prefix``, in key order.
+
+        ``start`` is an exclusive bound to resume after (forwards) or before (backwards),
+        as returned in a cursor. ``limit`` bounds the number of rows read.
+        """
+        end = prefix_end(prefix)
+        ropts = ReadOptions()
+        ropts.set_iterate_lower_bound(prefix)
+        if end is not None:
+            ropts.set_iterate_upper_bound(end)
+        it = self._db.iter(ropts)
+        if reverse:
+            if start is not None:
+                it.seek_for_prev(start)
+                if it.valid() and bytes(it.key()) == start:
+                    it.prev()
+            else:
+                it.seek_to_last()
+        else:
+            if start is not None:
+                it.seek(start)
+                if it.valid() and bytes(it.key()) == start:
+                    it.next()
+            else:
+                it.seek(prefix)
+        count = 0
+        while it.valid() and (limit is None or count < limit):
+            yield bytes(it.key()), bytes(it.value())
+            count += 1
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+
+    def last_key(self, prefix: bytes) -> bytes | None:
+        """The greatest key starting with ``prefix``, or None (one seek)."""
+        for key, _ in self.scan(prefix, reverse=True, limit=1):
+            return key
+        return None
+
+    # -- writes ------------------------------------------------------------------------
+
+    def transaction(self) -> Transaction:
+        """Start a transaction; use it as a context manager or call commit/abort."""
+        if self.read_only:
+            raise StoreError("this KV store is opened read-only")
+        return Transaction(self)
+
+    def put_json(self, key: bytes, value: Any) -> None:
+        """Write one document outside any transaction (durable on return)."""
+        with self.transaction() as txn:
+            txn.put_json(key, value)
+
+    def next_seq(self, log_prefix: bytes) -> int:
+        """The sequence number the next entry of a log will get."""
+        with self._commit_lock:
+            return self._peek_seq(log_prefix)
+
+    def _peek_seq(self, log_prefix: bytes) -> int:
+        nxt = self._log_next.get(log_prefix)
+        if nxt is None:
+            last = self.last_key(log_prefix)
+            nxt = 1 if last is None else int.from_bytes(last[len(log_prefix) :], "big") + 1
+            self._log_next[log_prefix] = nxt
+        return nxt
+
+    def _write(
+        self,
+        batch: WriteBatch,
+        appends: list[tuple[bytes, Callable[[int], Any]]],
+    ) -> list[int]:
+        seqs: list[int] = []
+        with self._commit_lock:
+            taken: dict[bytes, int] = {}
+            for log_prefix, build in appends:
+                seq = taken.get(log_prefix) or self._peek_seq(log_prefix)
+                batch.put(seq_key(log_prefix, seq), dumps(build(seq)))
+                taken[log_prefix] = seq + 1
+                seqs.append(seq)
+            try:
+                self._db.write(batch, self._sync)
+            except Exception as err:  # rocksdict raises plain Exception on I/O errors
+                raise StoreError(f"KV write failed: {err}") from err
+            self._log_next.update(taken)
+        return seqs
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Probe read and write; raises StoreError when the store cannot serve."""
+        key = b"m:probe"
+        self.put_json(key, {"ok": True})
+        if self.get_json(key) != {"ok": True}:
+            raise StoreError("KV probe read back a different value")
+
+    def property_int(self, name: str) -> int | None:
+        """An integer RocksDB property (``rocksdb.estimate-num-keys`` ...), O(1)."""
+        return self._db.property_int_value(name)
+
+    def catch_up(self) -> None:
+        """For read-only instances: see what the primary wrote since."""
+        self._db.try_catch_up_with_primary()
+
+    def checkpoint(self, target: str | os.PathLike[str]) -> None:
+        """Write a consistent on-disk copy of the database to ``target`` (must not exist)."""
+        from rocksdict import Checkpoint
+
+        Checkpoint(self._db).create_checkpoint(str(target))
+
+    def close(self) -> None:
+        """Close the database; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._db.close()
+
+
+class Transaction:
+    """Writes staged in one batch, committed atomically, with per-key locks.
+
+    Reads see the transaction's own staged writes first. ``lock=True`` on a read takes the
+    key's lock so that a check-then-write (compare-and-swap) cannot race.
+    """
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+        self._batch = WriteBatch(raw_mode=True)
+        self._staged: dict[bytes, bytes | None] = {}
+        self._held: list[bytes] = []
+        self._appends: list[tuple[bytes, Callable[[int], Any]]] = []
+        self._after_commit: list[Callable[[], None]] = []
+        self.done = False
+        self.seqs: list[int] = []
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def lock(self, key: bytes) -> None:
+        """Hold ``key``'s lock until commit or abort (idempotent)."""
+        if key not in self._held:
+            self._kv._locks.acquire(key)
+            self._held.append(key)
+
+    def get(self, key: bytes, *, lock: bool = False) -> bytes | None:
+        """The value under ``key`` as this transaction sees it."""
+        if lock:
+            self.lock(key)
+        if key in self._staged:
+            return self._staged[key]
+        return self._kv.get(key)
+
+    def get_json(self, key: bytes, *, lock: bool = False) -> Any:
+        return loads(self.get(key, lock=lock))
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.lock(key)
+        self._staged[key] = value
+        self._batch.put(key, value)
+
+    def put_json(self, key: bytes, value: Any) -> None:
+        self.put(key, dumps(value))
+
+    def delete(self, key: bytes) -> None:
+        self.lock(key)
+        self._staged[key] = None
+        self._batch.delete(key)
+
+    def cas_put_json(self, key: bytes, value: Any, *, if_absent: bool = True) -> Any:
+        """Put ``value`` if ``key`` is absent; return the existing document otherwise.
+
+        With ``if_absent=False`` the put is unconditional and the previous document (or
+        None) is returned.
+        """
+        existing = self.get_json(key, lock=True)
+        if existing is not None and if_absent:
+            return existing
+        self.put_json(key, value)
+        return existing
+
+    def append(self, log_prefix: bytes, build: Callable[[int], Any]) -> None:
+        """Append to a log at commit: ``build(seq)`` makes the entry once seq is known."""
+        self._appends.append((log_prefix, build))
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the batch is durable (cache invalidation and the like)."""
+        self._after_commit.append(fn)
+
+    def commit(self) -> list[int]:
+        """Write the batch atomically and durably; returns the log seqs it appended."""
+        if self.done:
+            raise StoreError("transaction already finished")
+        try:
+            if self._staged or self._appends:
+                self.seqs = self._kv._write(self._batch, self._appends)
+        finally:
+            self.done = True
+            self._release()
+        for fn in self._after_commit:
+            fn()
+        return self.seqs
+
+    def abort(self) -> None:
+        """Discard every staged write."""
+        if not self.done:
+            self.done = True
+            self._release()
+
+    def _release(self) -> None:
+        for key in reversed(self._held):
+            self._kv._locks.release(key)
+        self._held.clear()
