@@ -179,3 +179,45 @@ def error_for(code: str, status: int, message: str, details: dict | None = None)
     err.code = code
     err.status = status
     return err
+
+
+class InvalidCredentials(Unauthorized):
+    """Raised when a login fails: unknown user, wrong password or disabled account alike."""
+
+    code = "INVALID_CREDENTIALS"
+    default_message = "invalid username or password"
+
+
+class PasswordPolicyError(ValidationError):
+    """Raised when a new password breaks the password policy; ``reasons`` lists every one."""
+
+    code = "PASSWORD_POLICY"
+    default_message = "password rejected by the password policy"
+
+    def __init__(self, reasons: list[str], message: str | None = None) -> None:
+        self.reasons = list(reasons)
+        text = message or "password rejected: " + "; ".join(self.reasons)
+        super().__init__(text, details={"reasons": self.reasons})
+
+
+class UserExists(Conflict):
+    """Raised when creating a user whose (normalised) name is already taken."""
+
+    code = "USER_EXISTS"
+    default_message = "a user with this name already exists"
+
+
+class RateLimited(GoodrepoError):
+    """Raised when a client exceeds a rate limit; ``retry_after`` is in whole seconds."""
+
+    status = 429
+    code = "RATE_LIMITED"
+    default_message = "too many requests"
+
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        self.retry_after = max(1, int(-(-retry_after // 1)))  # whole seconds, rounded up
+        super().__init__(
+            message,
+            details={"retry_after": self.retry_after},
+            headers={"Retry-After": str(self.retry_after)},
+        )
