@@ -120,6 +120,14 @@ class PreconditionFailed(GoodrepoError):
     default_message = "precondition failed"
 
 
+class LengthRequired(GoodrepoError):
+    """Raised when an upload has neither a Content-Length nor a terminated body stream."""
+
+    status = 411
+    code = "LENGTH_REQUIRED"
+    default_message = "uploads need a Content-Length header or chunked transfer encoding"
+
+
 class PayloadTooLarge(GoodrepoError):
     """Raised when a request body exceeds a configured limit."""
 

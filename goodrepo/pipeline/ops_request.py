@@ -1,0 +1,215 @@
+"""Ops that read and check the request: scopes, path, query, JSON body, identifiers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized, ValidationError
+from ..storage.events import now_iso8601
+from .context import RequestContext
+from .registry import Arg, Runner, op
+from .runtime import Runtime, compile_fields
+from .templates import compile_string, compile_value
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+@op("auth.require_scopes", scopes=Arg("strings", required=True))
+def _require_scopes(args: dict[str, Any], rt: Runtime) -> Runner:
+    needed = frozenset(args["scopes"])
+
+    def run(ctx: RequestContext) -> None:
+        principal = ctx.principal
+        if not principal:
+            raise Unauthorized()
+        held = set(principal.get("scopes") or ())
+        for scope in list(held):
+            held |= rt.scope_implies.get(scope, set())
+        missing = sorted(needed - held)
+        if missing:
+            raise Forbidden(
+                f"this operation needs the scope {', '.join(missing)}",
+                details={"required": sorted(needed)},
+            )
+
+    return run
+
+
+@op("parse.path")
+def _parse_path(args: dict[str, Any], rt: Runtime) -> Runner:
+    def run(ctx: RequestContext) -> None:
+        ctx.fields.update(ctx.url_values)
+
+    return run
+
+
+def _query_param(name: str, spec: dict[str, Any], rt: Runtime) -> Any:
+    kind = spec.get("type", "string")
+    default = spec.get("default")
+
+    def bad(why: str) -> ValidationError:
+        return ValidationError(f"query parameter {name} {why}", details={"field": name})
+
+    if kind == "int":
+        lo, hi = spec.get("min"), spec.get("max")
+
+        def conv(raw: str) -> Any:
+            if not raw.isdigit() or len(raw) > 12:
+                raise bad("must be a whole number")
+            value = int(raw)
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise bad(f"must be between {lo} and {hi}")
+            return value
+
+    elif kind == "bool":
+
+        def conv(raw: str) -> Any:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise bad("must be true or false")
+
+    elif kind == "cursor":
+
+        def conv(raw: str) -> Any:
+            if len(raw) > 2048 or not raw.isascii():
+                raise bad("is not a valid cursor")
+            return raw
+
+    elif kind in ("string", "prefix"):
+        entity = rt.entities[spec["entity"]] if "entity" in spec else None
+        field = spec.get("field", name)
+
+        def conv(raw: str) -> Any:
+            if entity is None:
+                if not raw.isascii() or not raw.isprintable() or len(raw) > 256:
+                    raise bad("must be printable ASCII")
+                return raw
+            if kind == "prefix":
+                return entity.normalize(field, raw)
+            return entity.clean(field, raw)
+
+    else:  # the validator only lets the kinds above through
+        raise ValueError(f"unknown query parameter type {kind}")
+    return conv, default
+
+
+@op("parse.query", params=Arg("object", required=True), out=Arg("var", required=True))
+def _parse_query(args: dict[str, Any], rt: Runtime) -> Runner:
+    params = {name: _query_param(name, spec, rt) for name, spec in args["params"].items()}
+    out = args["out"]
+
+    def run(ctx: RequestContext) -> None:
+        query = ctx.request.args
+        values = {}
+        for name, (conv, default) in params.items():
+            raw = query.get(name)
+            values[name] = default if raw is None or raw == "" else conv(raw)
+        ctx.set(out, values)
+
+    return run
+
+
+@op("parse.json", out=Arg("var", required=True), reads_body=True)
+def _parse_json(args: dict[str, Any], rt: Runtime) -> Runner:
+    limit = rt.limits["max_json_bytes"]
+    out = args["out"]
+
+    def run(ctx: RequestContext) -> None:
+        length = ctx.request.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
+        raw = ctx.request.stream.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InvalidRequest("the request body is not valid JSON") from err
+        ctx.set(out, value)
+
+    return run
+
+
+@op(
+    "normalize.entity",
+    entity=Arg("name", required=True, ref="entity"),
+    fields=Arg("fields", required=True),
+    source=Arg("value"),
+)
+def _normalize(args: dict[str, Any], rt: Runtime) -> Runner:
+    entity = rt.entities[args["entity"]]
+    pairs = compile_fields(args["fields"])
+    source = compile_value(args["source"]) if "source" in args else None
+
+    def run(ctx: RequestContext) -> None:
+        src = source.render(ctx) if source is not None else ctx.fields
+        if not isinstance(src, dict):
+            raise ValidationError("expected a JSON object")
+        for target, field in pairs:
+            raw = src.get(target)
+            if raw is None:
+                raise ValidationError(f"{target} is required", details={"field": target})
+            ctx.fields[target] = entity.normalize(field, raw, label=target)
+
+    return run
+
+
+@op(
+    "validate.entity",
+    entity=Arg("name", required=True, ref="entity"),
+    fields=Arg("fields", required=True),
+)
+def _validate(args: dict[str, Any], rt: Runtime) -> Runner:
+    entity = rt.entities[args["entity"]]
+    pairs = compile_fields(args["fields"])
+
+    def run(ctx: RequestContext) -> None:
+        for target, field in pairs:
+            entity.validate(field, ctx.fields.get(target), label=target)
+
+    return run
+
+
+@op(
+    "validate.json_schema",
+    value=Arg("value", required=True),
+    schema=Arg("name", required=True, ref="json_schema"),
+)
+def _json_schema(args: dict[str, Any], rt: Runtime) -> Runner:
+    validator = rt.json_schemas[args["schema"]]
+    value = compile_value(args["value"])
+
+    def run(ctx: RequestContext) -> None:
+        errors = sorted(validator.iter_errors(value.render(ctx)), key=lambda e: list(e.path))
+        if errors:
+            problems = [
+                {"path": "/" + "/".join(str(p) for p in e.path), "message": e.message}
+                for e in errors[:20]
+            ]
+            raise ValidationError(
+                f"the request body is not valid: {problems[0]['message']}",
+                details={"problems": problems},
+            )
+
+    return run
+
+
+@op("time.now_iso8601", out=Arg("var", required=True))
+def _now(args: dict[str, Any], rt: Runtime) -> Runner:
+    out = args["out"]
+    return lambda ctx: ctx.set(out, now_iso8601())
+
+
+@op("string.format", template=Arg("value", required=True), out=Arg("var", required=True))
+def _format(args: dict[str, Any], rt: Runtime) -> Runner:
+    template = args["template"]
+    if not isinstance(template, str):
+        raise ValueError("string.format takes a string template")
+    compiled = compile_string(template)
+    out = args["out"]
+    return lambda ctx: ctx.set(out, compiled.render(ctx))

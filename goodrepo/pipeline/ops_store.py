@@ -1,0 +1,397 @@
+"""Ops on the repository's state: transactions, documents, indexes, cache and events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Conflict, InvalidRequest, PayloadTooLarge, StoreError
+from ..storage.index import scan_page
+from ..storage.kv import dumps
+from .context import RequestContext
+from .registry import Arg, Runner, op
+from .runtime import Runtime, compile_overrides
+from .templates import Template, compile_string, compile_value
+
+
+def _txn(ctx: RequestContext, name: str) -> Any:
+    if ctx.txn is None or ctx.txn.done:
+        raise StoreError(f"{name} needs an open transaction")
+    return ctx.txn
+
+
+# -- transactions ---------------------------------------------------------------------
+
+
+@op("txn.begin")
+def _begin(args: dict[str, Any], rt: Runtime) -> Runner:
+    def run(ctx: RequestContext) -> None:
+        if ctx.txn is not None and not ctx.txn.done:
+            raise StoreError("a transaction is already open")
+        ctx.txn = rt.kv.transaction()
+
+    return run
+
+
+@op("txn.commit")
+def _commit(args: dict[str, Any], rt: Runtime) -> Runner:
+    def run(ctx: RequestContext) -> None:
+        _txn(ctx, "txn.commit").commit()
+
+    return run
+
+
+@op("txn.abort")
+def _abort(args: dict[str, Any], rt: Runtime) -> Runner:
+    def run(ctx: RequestContext) -> None:
+        if ctx.txn is not None:
+            ctx.txn.abort()
+
+    return run
+
+
+# -- documents ------------------------------------------------------------------------
+
+_DOC = Arg("name", required=True, ref="document")
+
+
+def _value_limit(rt: Runtime, value: Any) -> bytes:
+    raw = dumps(value)
+    if len(raw) > rt.limits["max_kv_value_bytes"]:
+        raise PayloadTooLarge(
+            f"the document is larger than {rt.limits['max_kv_value_bytes']} bytes"
+        )
+    return raw
+
+
+@op("kv.get", document=_DOC, fields=Arg("object"), out=Arg("var", required=True))
+def _kv_get(args: dict[str, Any], rt: Runtime) -> Runner:
+    doc = rt.documents[args["document"]]
+    overrides = compile_overrides(args.get("fields"))
+    out = args["out"]
+
+    def run(ctx: RequestContext) -> None:
+        key = doc.key(ctx, overrides)
+        if ctx.txn is not None and not ctx.txn.done:
+            ctx.set(out, ctx.txn.get_json(key, lock=True))
+        else:
+            ctx.set(out, rt.kv.get_json(key))
+
+    return run
+
+
+@op(
+    "kv.put",
+    kv_write=True,
+    document=_DOC,
+    fields=Arg("object"),
+    value=Arg("value", required=True),
+    out=Arg("var"),
+)
+def _kv_put(args: dict[str, Any], rt: Runtime) -> Runner:
+    doc = rt.documents[args["document"]]
+    overrides = compile_overrides(args.get("fields"))
+    value = compile_value(args["value"])
+    out = args.get("out")
+
+    def run(ctx: RequestContext) -> None:
+        txn = _txn(ctx, "kv.put")
+        rendered = value.render(ctx)
+        txn.put(doc.key(ctx, overrides), _value_limit(rt, rendered))
+        if out:
+            ctx.set(out, rendered)
+
+    return run
+
+
+@op(
+    "kv.cas_put",
+    kv_write=True,
+    document=_DOC,
+    fields=Arg("object"),
+    value=Arg("value", required=True),
+    if_absent=Arg("bool"),
+    unless_feature=Arg("name", ref="feature"),
+    conflict=Arg("object"),
+    out=Arg("var"),
+)
+def _kv_cas_put(args: dict[str, Any], rt: Runtime) -> Runner:
+    doc = rt.documents[args["document"]]
+    overrides = compile_overrides(args.get("fields"))
+    value = compile_value(args["value"])
+    if_absent = args.get("if_absent", True)
+    unless = args.get("unless_feature")
+    conflict = args.get("conflict") or {}
+    code = conflict.get("code", "ALREADY_EXISTS")
+    message = compile_string(conflict.get("message", "the record already exists"))
+    compare = conflict.get("compare")
+    out = args.get("out")
+
+    def run(ctx: RequestContext) -> None:
+        txn = _txn(ctx, "kv.cas_put")
+        rendered = value.render(ctx)
+        _value_limit(rt, rendered)
+        only_new = if_absent and not (unless and rt.features.get(unless))
+        existing = txn.cas_put_json(doc.key(ctx, overrides), rendered, if_absent=only_new)
+        if existing is not None and only_new:
+            details = None
+            if compare:
+                details = {
+                    compare: existing.get(compare),
+                    "identical": existing.get(compare) == rendered.get(compare),
+                }
+            err = Conflict(message.render(ctx), details=details)
+            err.code = code
+            raise err
+        if out:
+            ctx.set(out, rendered)
+
+    return run
+
+
+@op("kv.delete", kv_write=True, document=_DOC, fields=Arg("object"))
+def _kv_delete(args: dict[str, Any], rt: Runtime) -> Runner:
+    doc = rt.documents[args["document"]]
+    overrides = compile_overrides(args.get("fields"))
+
+    def run(ctx: RequestContext) -> None:
+        _txn(ctx, "kv.delete").delete(doc.key(ctx, overrides))
+
+    return run
+
+
+@op(
+    "kv.scan",
+    document=_DOC,
+    fields=Arg("strings", required=True),
+    limit=Arg("value", required=True),
+    cursor=Arg("value"),
+    out=Arg("var", required=True),
+)
+def _kv_scan(args: dict[str, Any], rt: Runtime) -> Runner:
+    doc = rt.documents[args["document"]]
+    depth = len(args["fields"])
+    if doc.fields[:depth] != list(args["fields"]):
+        raise ValueError("kv.scan fields must be the leading fields of the document key")
+    limit = compile_value(args["limit"])
+    cursor = compile_value(args.get("cursor"))
+    out = args["out"]
+
+    def run(ctx: RequestContext) -> None:
+        prefix = doc.key(ctx, upto=depth)
+        rows, nxt = scan_page(rt.kv, prefix, limit=limit.render(ctx), cursor=cursor.render(ctx))
+        ctx.set(out, {"items": [value for _, value in rows], "next_cursor": nxt})
+
+    return run
+
+
+# -- indexes --------------------------------------------------------------------------
+
+_INDEX = Arg("name", required=True, ref="index")
+
+
+def _group(args: dict[str, Any], key: str) -> list[Template]:
+    return [compile_string(v) for v in args.get(key, [])]
+
+
+@op("index.put", kv_write=True, index=_INDEX, row=Arg("value", required=True))
+def _index_put(args: dict[str, Any], rt: Runtime) -> Runner:
+    index = rt.indexes[args["index"]]
+    row = compile_value(args["row"])
+
+    def run(ctx: RequestContext) -> None:
+        index.put(_txn(ctx, "index.put"), row.render(ctx))
+
+    return run
+
+
+@op("index.delete", kv_write=True, index=_INDEX, row=Arg("value", required=True))
+def _index_delete(args: dict[str, Any], rt: Runtime) -> Runner:
+    index = rt.indexes[args["index"]]
+    row = compile_value(args["row"])
+
+    def run(ctx: RequestContext) -> None:
+        index.delete(_txn(ctx, "index.delete"), row.render(ctx))
+
+    return run
+
+
+@op(
+    "index.latest",
+    index=_INDEX,
+    group=Arg("strings", required=True),
+    prerelease=Arg("value"),
+    variant=Arg("value"),
+    out=Arg("var", required=True),
+)
+def _index_latest(args: dict[str, Any], rt: Runtime) -> Runner:
+    index = rt.indexes[args["index"]]
+    group = _group(args, "group")
+    prerelease = compile_value(args.get("prerelease", False))
+    variant = compile_value(args.get("variant"))
+    out = args["out"]
+
+    def run(ctx: RequestContext) -> None:
+        row = index.latest(
+            [g.render(ctx) for g in group],
+            prerelease=bool(prerelease.render(ctx)),
+            variant=variant.render(ctx) or None,
+        )
+        ctx.set(out, row)
+
+    return run
+
+
+@op(
+    "index.scan",
+    index=_INDEX,
+    group=Arg("strings", required=True),
+    limit=Arg("value", required=True),
+    cursor=Arg("value"),
+    out=Arg("var", required=True),
+)
+def _index_scan(args: dict[str, Any], rt: Runtime) -> Runner:
+    index = rt.indexes[args["index"]]
+    group = _group(args, "group")
+    limit = compile_value(args["limit"])
+    cursor = compile_value(args.get("cursor"))
+    out = args["out"]
+    keep = ("version", "variant", "blob_digest", "blob_size", "created_at")
+
+    def run(ctx: RequestContext) -> None:
+        rows, nxt = index.versions(
+            [g.render(ctx) for g in group], limit=limit.render(ctx), cursor=cursor.render(ctx)
+        )
+        items = [{k: row.get(k) for k in keep} for row in rows]
+        ctx.set(out, {"items": items, "next_cursor": nxt})
+
+    return run
+
+
+@op(
+    "index.groups",
+    index=_INDEX,
+    parent=Arg("strings", required=True),
+    name_prefix=Arg("value"),
+    limit=Arg("value", required=True),
+    cursor=Arg("value"),
+    with_latest=Arg("bool"),
+    out=Arg("var", required=True),
+)
+def _index_groups(args: dict[str, Any], rt: Runtime) -> Runner:
+    index = rt.indexes[args["index"]]
+    parent = _group(args, "parent")
+    if len(parent) >= len(index.group_by):
+        raise ValueError("index.groups parent must be shorter than the index's group_by")
+    name_prefix = compile_value(args.get("name_prefix"))
+    limit = compile_value(args["limit"])
+    cursor = compile_value(args.get("cursor"))
+    with_latest = bool(args.get("with_latest")) and len(parent) == len(index.group_by) - 1
+    out = args["out"]
+
+    def run(ctx: RequestContext) -> None:
+        values = [p.render(ctx) for p in parent]
+        groups, nxt = index.groups(
+            values,
+            limit=limit.render(ctx),
+            cursor=cursor.render(ctx),
+            name_prefix=name_prefix.render(ctx) or "",
+        )
+        items: list[Any]
+        if with_latest:
+            items = []
+            for name, count in groups:
+                group = [*values, name]
+                row = index.latest(group) or index.latest(group, prerelease=True)
+                items.append(
+                    {
+                        "name": name,
+                        "latest": row[index.version_field] if row else None,
+                        "versions_count": count,
+                    }
+                )
+        else:
+            items = [name for name, _ in groups]
+        ctx.set(out, {"items": items, "next_cursor": nxt})
+
+    return run
+
+
+# -- cache ----------------------------------------------------------------------------
+
+
+@op("cache.get", key=Arg("value", required=True), out=Arg("var", required=True))
+def _cache_get(args: dict[str, Any], rt: Runtime) -> Runner:
+    key = compile_value(args["key"])
+    out = args["out"]
+
+    def run(ctx: RequestContext) -> None:
+        if rt.cache is None:
+            return
+        k = key.render(ctx)
+        hit, value, token = rt.cache.get(k)
+        if hit:
+            ctx.cache_hits.add(k)
+            ctx.set(out, value)
+            recorder = ctx.environ.get("goodrepo.metrics")
+            if recorder is not None:
+                recorder.inc("cache_hits")
+        else:
+            ctx.cache_tokens[k] = token
+
+    return run
+
+
+@op(
+    "cache.put",
+    key=Arg("value", required=True),
+    value=Arg("value", required=True),
+    ttl=Arg("int"),
+)
+def _cache_put(args: dict[str, Any], rt: Runtime) -> Runner:
+    key = compile_value(args["key"])
+    value = compile_value(args["value"])
+    ttl = args.get("ttl")
+
+    def run(ctx: RequestContext) -> None:
+        if rt.cache is None:
+            return
+        k = key.render(ctx)
+        v = value.render(ctx)
+        if k in ctx.cache_hits or v is None or k not in ctx.cache_tokens:
+            return
+        rt.cache.put(k, v, ttl=ttl, token=ctx.cache_tokens[k])
+
+    return run
+
+
+@op("cache.invalidate", prefix=Arg("value", required=True))
+def _cache_invalidate(args: dict[str, Any], rt: Runtime) -> Runner:
+    prefix = compile_value(args["prefix"])
+
+    def run(ctx: RequestContext) -> None:
+        if rt.cache is not None:
+            rt.cache.invalidate_prefix(prefix.render(ctx))
+
+    return run
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+@op(
+    "emit.event",
+    kv_write=True,
+    type=Arg("name", required=True, ref="event_type"),
+    payload=Arg("value", required=True),
+)
+def _emit(args: dict[str, Any], rt: Runtime) -> Runner:
+    type_ = args["type"]
+    payload = compile_value(args["payload"])
+
+    def run(ctx: RequestContext) -> None:
+        body = payload.render(ctx)
+        if not isinstance(body, dict):
+            raise InvalidRequest("an event payload must be an object")
+        rt.events.emit(_txn(ctx, "emit.event"), type_, body)
+
+    return run

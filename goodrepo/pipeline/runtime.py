@@ -1,0 +1,223 @@
+"""The compiled form of a validated schema: entities, stores, indexes and route pipelines.
+
+A :class:`Runtime` is built once per schema and never changes afterwards; replacing the
+schema builds a new one and swaps a single reference, so requests in flight finish on the
+runtime they started with.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jsonschema import Draft202012Validator
+from werkzeug.routing import Map, Rule
+
+from ..entities import Entity
+from ..errors import ValidationError
+from ..storage.blobs import BlobStore
+from ..storage.cache import ResponseCache
+from ..storage.index import VersionIndex
+from ..versions import get_scheme
+from .registry import OPS, Runner
+from .templates import Template, compile_condition, compile_string
+
+if TYPE_CHECKING:
+    from ..storage.events import EventLog
+    from ..storage.kv import KV
+    from .context import RequestContext
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# What one component of a document key may hold, whatever the entity rules say:
+# no separators, no traversal, nothing outside printable ASCII.
+_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]*")
+
+
+@dataclass(frozen=True)
+class Services:
+    """What outlives a schema: the data directory, the KV store and the event log."""
+
+    data_dir: Path
+    kv: KV
+    events: EventLog
+
+
+class Document:
+    """A kind of JSON document in a KV store, with its key template."""
+
+    def __init__(self, name: str, store: str, key_template: str) -> None:
+        self.name = name
+        self.prefix = b"d:" + store.encode("ascii") + b"\x00"
+        self.template = key_template
+        self.parts: list[str | tuple[str]] = []
+        pos = 0
+        for m in _PLACEHOLDER.finditer(key_template):
+            if m.start() > pos:
+                self.parts.append(key_template[pos : m.start()])
+            self.parts.append((m.group(1),))
+            pos = m.end()
+        if pos < len(key_template):
+            self.parts.append(key_template[pos:])
+        self.fields = [p[0] for p in self.parts if isinstance(p, tuple)]
+
+    def key(
+        self,
+        ctx: RequestContext,
+        overrides: dict[str, Template] | None = None,
+        *,
+        upto: int | None = None,
+    ) -> bytes:
+        """The KV key for the request's fields; ``upto`` stops after that many fields."""
+        out: list[str] = []
+        seen = 0
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            if upto is not None and seen == upto:
+                break
+            seen += 1
+            name = part[0]
+            value = overrides[name].render(ctx) if overrides and name in overrides else None
+            if value is None:
+                value = ctx.fields.get(name)
+            if not isinstance(value, str) or not _KEY_PART.fullmatch(value):
+                raise ValidationError(f"{name} is not valid", details={"field": name})
+            out.append(value)
+        return self.prefix + "".join(out).encode("ascii")
+
+
+@dataclass
+class Step:
+    """One compiled op of a pipeline."""
+
+    name: str
+    run: Runner
+    when: Template | None
+
+
+@dataclass
+class Route:
+    """A compiled route: its id, method, path template and pipeline."""
+
+    id: str
+    method: str
+    path: str
+    steps: list[Step]
+
+    def run(self, ctx: RequestContext) -> Any:
+        for step in self.steps:
+            if step.when is not None and not step.when.render(ctx):
+                continue
+            result = step.run(ctx)
+            if result is not None:
+                return result
+        raise RuntimeError(f"route {self.id} ended without a response")
+
+
+def rule_path(path: str) -> str:
+    """A schema path (``/v1/{namespace}``) as a werkzeug rule (``/v1/<namespace>``)."""
+    return _PLACEHOLDER.sub(lambda m: f"<{m.group(1)}>", path)
+
+
+class Runtime:
+    """A schema compiled against the repository's services."""
+
+    def __init__(self, schema: dict[str, Any], services: Services) -> None:
+        self.schema = schema
+        self.services = services
+        self.kv = services.kv
+        self.events = services.events
+        self.features: dict[str, Any] = dict(schema.get("features", {}))
+        self.limits: dict[str, int] = dict(schema["ops"]["limits"])
+        auth = schema.get("auth", {})
+        self.scope_implies: dict[str, set[str]] = {
+            k: set(v) for k, v in auth.get("implies", {}).items()
+        }
+        self.entities = {
+            name: Entity.from_schema(name, spec) for name, spec in schema["entities"].items()
+        }
+        storage = schema["storage"]
+        self.blob_stores = {
+            name: BlobStore(
+                self._resolve(spec["root"]),
+                spec["path_template"],
+                min_blob_bytes=spec.get("min_blob_bytes", 0),
+                max_blob_bytes=spec.get("max_blob_bytes"),
+            )
+            for name, spec in storage["blob_stores"].items()
+        }
+        self.documents = {
+            name: Document(name, spec["store"], spec["key"])
+            for name, spec in storage["documents"].items()
+        }
+        self.indexes: dict[str, VersionIndex] = {}
+        for spec in schema.get("indexes", []):
+            entity = schema["entities"][spec["entity"]]
+            self.indexes[spec["name"]] = VersionIndex(
+                self.kv,
+                spec["name"],
+                get_scheme(entity["versioning"]["scheme"]),
+                spec["group_by"],
+                version_field=spec.get("version_field", "version"),
+                variant_field=spec.get("variant_field", "variant"),
+            )
+        self.json_schemas = {
+            name: Draft202012Validator(s)
+            for name, s in schema.get("validation", {}).get("json_schemas", {}).items()
+        }
+        caching = schema.get("caching", {})
+        self.cache: ResponseCache | None = None
+        if caching.get("enabled", False):
+            self.cache = ResponseCache(
+                max_entries=caching.get("max_entries", 4096),
+                max_bytes=caching.get("max_bytes", 32 << 20),
+                default_ttl=float(caching.get("default_ttl_seconds", 30)),
+                max_entry_bytes=caching.get("max_entry_bytes", 256 << 10),
+            )
+        self.routes: dict[str, Route] = {}
+        rules = []
+        for spec in schema["routes"]:
+            route = Route(spec["id"], spec["method"], spec["path"], self._compile(spec))
+            self.routes[route.id] = route
+            rules.append(Rule(rule_path(route.path), endpoint=route.id, methods=[route.method]))
+        self.url_map = Map(rules, strict_slashes=False, merge_slashes=False)
+
+    def _resolve(self, root: str) -> Path:
+        path = Path(root)
+        return path if path.is_absolute() else self.services.data_dir / path
+
+    def _compile(self, route: dict[str, Any]) -> list[Step]:
+        steps = []
+        for raw in route["pipeline"]:
+            spec = OPS[raw["op"]]
+            args = {k: v for k, v in raw.items() if k not in ("op", "when")}
+            when = compile_condition(raw["when"]) if "when" in raw else None
+            steps.append(Step(spec.name, spec.build(args, self), when))
+        return steps
+
+    def check(self) -> None:
+        """Health probe of every store this schema uses."""
+        self.kv.check()
+        for store in self.blob_stores.values():
+            store.check()
+
+
+def compile_fields(
+    spec: list[str] | dict[str, str],
+) -> list[tuple[str, str]]:
+    """``fields`` argument as (target, entity field) pairs."""
+    if isinstance(spec, list):
+        return [(f, f) for f in spec]
+    return list(spec.items())
+
+
+def compile_overrides(spec: dict[str, Any] | None) -> dict[str, Template]:
+    """Per-op key field overrides (``{"version": "{target_version}"}``)."""
+    return {k: compile_string(v) for k, v in (spec or {}).items()}
+
+
+Setter = Callable[["RequestContext", Any], None]

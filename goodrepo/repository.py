@@ -1,0 +1,291 @@
+"""A repository on a data directory: the embedding API of goodrepo.
+
+One :class:`Repository` owns one data directory (RocksDB allows a single writer): the KV
+store under ``kv/``, blobs under each blob store's root (``blobs/`` by default) and the
+active schema, stored in the KV. Two repositories on two directories coexist in one
+process.
+
+Usage::
+
+    repo = Repository.open("./data")
+    repo.publish("acme", "app", "1.0.0", "linux-amd64", open("app.tar.gz", "rb"))
+    repo.latest("acme", "app")["version"]      # -> "1.0.0"
+    app = repo.wsgi_app()                       # the core WSGI app
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Response
+
+from middleware.keys import PRINCIPAL
+
+from . import schema as schema_mod
+from .app import CoreApp
+from .errors import GoodrepoError, InvalidConfig, ValidationError, error_for
+from .pipeline import Runtime, Services
+from .storage.events import EventLog
+from .storage.kv import KV
+
+log = logging.getLogger(__name__)
+
+SCHEMA_KEY = b"m:schema"
+
+
+class Repository:
+    """An artifact repository on ``data_dir``.
+
+    ``schema`` (a dict or a path to a JSON file) seeds a fresh data directory; once a
+    schema is stored, the stored one rules and ``schema`` is ignored.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        schema: dict[str, Any] | str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.kv = KV(self.data_dir / "kv")
+        self.events = EventLog(self.kv)
+        self.services = Services(self.data_dir, self.kv, self.events)
+        self._swap_lock = threading.Lock()
+        stored = self.kv.get_json(SCHEMA_KEY)
+        try:
+            if stored is None:
+                active = self._initial_schema(schema)
+                self.kv.put_json(SCHEMA_KEY, active)
+            else:
+                active = schema_mod.validate(stored)
+            self._runtime = Runtime(active, self.services)
+        except BaseException:
+            self.kv.close()
+            raise
+        for store in self._runtime.blob_stores.values():
+            store.clean_stale_temp()
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        schema: dict[str, Any] | str | os.PathLike[str] | None = None,
+    ) -> Repository:
+        """Open (creating if needed) the repository on ``data_dir``."""
+        return cls(data_dir, schema=schema)
+
+    @staticmethod
+    def _initial_schema(schema: Any) -> dict[str, Any]:
+        if schema is None:
+            return schema_mod.default_schema()
+        if isinstance(schema, dict):
+            return schema_mod.validate(copy.deepcopy(schema))
+        return schema_mod.load_file(schema)
+
+    # -- the schema --------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        """The compiled active schema (read once per request)."""
+        return self._runtime
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """A copy of the active schema."""
+        return copy.deepcopy(self._runtime.schema)
+
+    def replace_schema(self, new_schema: Any, *, by: str = "system") -> None:
+        """Validate, store and hot-swap a schema; raises InvalidConfig, changing nothing."""
+        validated = schema_mod.validate(copy.deepcopy(new_schema))
+        with self._swap_lock:
+            runtime = Runtime(validated, self.services)
+            with self.kv.transaction() as txn:
+                txn.put_json(SCHEMA_KEY, validated)
+                self.events.emit(txn, "schema.replaced", {"by": by})
+            self._runtime = runtime
+        log.info("schema replaced by %s", by)
+
+    def set_features(self, changes: dict[str, Any], *, by: str = "system") -> dict[str, Any]:
+        """Change feature flags (they take effect on the next write); returns them all."""
+        if not isinstance(changes, dict) or not changes:
+            raise ValidationError("features must be a non-empty object")
+        with self._swap_lock:
+            current = self.schema
+        problems = [
+            {"path": f"$.{k}", "message": "unknown feature"}
+            for k in changes
+            if k not in current.get("features", {})
+        ]
+        problems += [
+            {"path": f"$.{k}", "message": "must be true or false"}
+            for k, v in changes.items()
+            if not isinstance(v, bool)
+        ]
+        if problems:
+            raise InvalidConfig(problems)
+        current["features"].update(changes)
+        self.replace_schema(current, by=by)
+        return dict(current["features"])
+
+    # -- WSGI --------------------------------------------------------------------------
+
+    def wsgi_app(self) -> CoreApp:
+        """The core WSGI app serving this repository (no authentication of its own)."""
+        return CoreApp(self)
+
+    # -- in-process calls --------------------------------------------------------------
+
+    def call(
+        self,
+        route_id: str,
+        values: dict[str, str],
+        *,
+        method: str | None = None,
+        body: bytes | IO[bytes] | None = None,
+        query: dict[str, Any] | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        principal: dict[str, Any] | None = None,
+        content_length: int | None = None,
+    ) -> Response:
+        """Run route ``route_id`` in-process, as a trusted caller; raises GoodrepoError."""
+        runtime = self.runtime
+        route = runtime.routes.get(route_id)
+        if route is None:
+            raise GoodrepoError(f"the active schema has no route {route_id!r}")
+        path = runtime.url_map.bind("localhost").build(route_id, values, append_unknown=False)
+        builder = EnvironBuilder(
+            path=path,
+            method=method or route.method,
+            query_string=query,
+            headers=headers,
+            json=json_body,
+            input_stream=io.BytesIO(body) if isinstance(body, bytes) else body,
+            content_length=len(body) if isinstance(body, bytes) else content_length,
+            content_type="application/octet-stream" if body is not None else None,
+        )
+        environ = builder.get_environ()
+        environ[PRINCIPAL] = principal or {
+            "sub": "system",
+            "scopes": ["admin"],
+            "token_id": None,
+            "claims": {},
+            "anonymous": False,
+        }
+        response = Response.from_app(CoreApp(self), environ)
+        if response.status_code >= 400:
+            data = json.loads(response.get_data())["error"]
+            raise error_for(data["code"], response.status_code, data["message"], data.get("details"))
+        return response
+
+    def publish(
+        self,
+        namespace: str,
+        name: str,
+        version: str,
+        variant: str,
+        source: bytes | str | os.PathLike[str] | IO[bytes],
+        *,
+        sha256: str | None = None,
+        by: str = "system",
+    ) -> dict[str, Any]:
+        """Publish bytes, a file path or a binary stream; returns ``{digest, size}``."""
+        values = {"namespace": namespace, "name": name, "version": version, "variant": variant}
+        headers = {"X-Checksum-Sha256": sha256} if sha256 else None
+        principal = {"sub": by, "scopes": ["admin"], "token_id": None, "claims": {}}
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                response = self.call(
+                    "publish_blob", values, body=fh, content_length=size, headers=headers,
+                    principal=principal,
+                )
+        elif isinstance(source, bytes):
+            response = self.call(
+                "publish_blob", values, body=source, headers=headers, principal=principal
+            )
+        else:
+            length = _remaining(source)
+            response = self.call(
+                "publish_blob", values, body=source, content_length=length, headers=headers,
+                principal=principal,
+            )
+        data = json.loads(response.get_data())
+        return {"digest": data["digest"], "size": data["size"]}
+
+    def metadata(self, namespace: str, name: str, version: str, variant: str) -> dict[str, Any]:
+        """The stored metadata of one artifact; raises NotFound."""
+        values = {"namespace": namespace, "name": name, "version": version, "variant": variant}
+        return json.loads(self.call("get_artifact", values).get_data())  # type: ignore[no-any-return]
+
+    def latest(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        prerelease: bool = False,
+        variant: str | None = None,
+    ) -> dict[str, Any] | None:
+        """The latest version's record, or None when there is none."""
+        query: dict[str, Any] = {"prerelease": "true" if prerelease else "false"}
+        if variant is not None:
+            query["variant"] = variant
+        try:
+            response = self.call("latest", {"namespace": namespace, "name": name}, query=query)
+        except GoodrepoError as err:
+            if err.code == "NOT_FOUND":
+                return None
+            raise
+        return json.loads(response.get_data())  # type: ignore[no-any-return]
+
+    def tag(
+        self, namespace: str, name: str, tag: str, version: str, variant: str, *, by: str = "system"
+    ) -> None:
+        """Point ``tag`` at an artifact (subject to the ``mutable_tags`` feature)."""
+        self.call(
+            "put_tag",
+            {"namespace": namespace, "name": name, "tag": tag},
+            json_body={"target_version": version, "target_variant": variant},
+            principal={"sub": by, "scopes": ["admin"], "token_id": None, "claims": {}},
+        )
+
+    def open_blob(self, digest: str, store: str = "primary") -> IO[bytes]:
+        """Open a stored blob by ``sha256:<hex>`` digest for reading."""
+        hex_ = digest.removeprefix("sha256:")
+        return self.runtime.blob_stores[store].open(hex_)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Health probe: KV read/write and every blob store writable."""
+        self.runtime.check()
+
+    def close(self) -> None:
+        """Close the KV store; the repository cannot be used afterwards."""
+        self.kv.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _remaining(stream: IO[bytes]) -> int | None:
+    try:
+        return os.fstat(stream.fileno()).st_size - stream.tell()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    if isinstance(stream, io.BytesIO):
+        return len(stream.getbuffer()) - stream.tell()
+    return None

@@ -1,0 +1,99 @@
+"""The declarative schema: loading, load-time validation and the packaged default.
+
+A schema is rejected as a whole, with every problem listed (its JSON path and a message):
+first its shape (:data:`meta.META_SCHEMA`), then what a shape cannot say
+(:func:`checks.check_all`). Nothing partially valid is ever used.
+
+Usage::
+
+    schema = load_file("schema.json")     # raises InvalidConfig listing every problem
+    problems = problems_of(parse_text(text))
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from ..errors import InvalidConfig
+from .checks import check_all
+from .meta import META_SCHEMA
+
+_META = Draft202012Validator(META_SCHEMA)
+
+
+class _Duplicates(list[str]):
+    pass
+
+
+def _pairs_hook(duplicates: _Duplicates) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                duplicates.append(key)
+            out[key] = value
+        return out
+
+    return hook
+
+
+def parse_text(text: str | bytes) -> dict[str, Any]:
+    """Parse schema JSON; malformed JSON and duplicate keys are problems too."""
+    duplicates = _Duplicates()
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs_hook(duplicates))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidConfig([{"path": "$", "message": f"not valid JSON: {err}"}]) from err
+    if duplicates:
+        raise InvalidConfig(
+            [{"path": "$", "message": f"duplicate key {k!r}"} for k in sorted(set(duplicates))]
+        )
+    if not isinstance(value, dict):
+        raise InvalidConfig([{"path": "$", "message": "a schema is a JSON object"}])
+    return value
+
+
+def _json_path(parts: Any) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def problems_of(schema: Any) -> list[dict[str, str]]:
+    """Every problem of ``schema``; an empty list means it is valid."""
+    shape = [
+        {"path": _json_path(e.absolute_path), "message": e.message}
+        for e in sorted(_META.iter_errors(schema), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    if shape:
+        return shape
+    return list(check_all(schema))
+
+
+def validate(schema: Any) -> dict[str, Any]:
+    """Return ``schema`` if valid, else raise InvalidConfig with every problem."""
+    problems = problems_of(schema)
+    if problems:
+        raise InvalidConfig(problems)
+    return schema  # type: ignore[no-any-return]
+
+
+def default_schema() -> dict[str, Any]:
+    """A fresh copy of the packaged default schema."""
+    return copy.deepcopy(_DEFAULT)
+
+
+def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read, parse and validate a schema file."""
+    with open(path, "rb") as fh:
+        return validate(parse_text(fh.read()))
+
+
+_DEFAULT = parse_text(resources.files(__package__).joinpath("default.json").read_bytes())

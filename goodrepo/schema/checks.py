@@ -1,0 +1,392 @@
+"""Semantic checks of a schema that already has the right shape.
+
+Every check appends to one list of problems (JSON path and message) rather than stopping
+at the first, so an integrator sees everything that is wrong with a schema at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError as JsonSchemaError
+from werkzeug.routing import Map, Rule
+
+from ..pipeline.registry import OPS, PENDING, REFS, OpSpec
+from ..pipeline.runtime import rule_path
+from ..pipeline.templates import Template, TemplateError, compile_condition, compile_value
+from ..storage.blobs import BlobStore
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+BUILTIN_VARS = frozenset({"features", "schema", "principal"})
+
+
+class Problems(list[dict[str, str]]):
+    """The problems found so far."""
+
+    def add(self, path: str, message: str) -> None:
+        self.append({"path": path, "message": message})
+
+
+def check_all(schema: dict[str, Any]) -> Problems:
+    """Every semantic problem of ``schema`` (structurally valid already)."""
+    problems = Problems()
+    _check_entities(schema, problems)
+    _check_storage(schema, problems)
+    _check_indexes(schema, problems)
+    _check_auth(schema, problems)
+    _check_validation(schema, problems)
+    _check_ops_allowed(schema, problems)
+    _check_features(schema, problems)
+    _check_routes(schema, problems)
+    _check_invariants(schema, problems)
+    return problems
+
+
+def _check_entities(schema: dict[str, Any], problems: Problems) -> None:
+    for name, entity in schema["entities"].items():
+        for fname, spec in entity["fields"].items():
+            try:
+                re.compile(spec["pattern"])
+            except re.error as err:
+                problems.add(f"$.entities.{name}.fields.{fname}.pattern", f"bad regex: {err}")
+        for i, key in enumerate(entity.get("primary_key", [])):
+            if key not in entity["fields"]:
+                problems.add(f"$.entities.{name}.primary_key[{i}]", f"unknown field {key!r}")
+        versioning = entity.get("versioning")
+        if versioning and versioning["field"] not in entity["fields"]:
+            problems.add(
+                f"$.entities.{name}.versioning.field", f"unknown field {versioning['field']!r}"
+            )
+
+
+def _check_storage(schema: dict[str, Any], problems: Problems) -> None:
+    storage = schema["storage"]
+    for name, store in storage["blob_stores"].items():
+        path = f"$.storage.blob_stores.{name}"
+        root = PurePosixPath(store["root"])
+        if not root.is_absolute() and ".." in root.parts:
+            problems.add(f"{path}.root", "a relative root must stay inside the data directory")
+        try:
+            BlobStore.parse_template(store["path_template"])
+        except ValueError as err:
+            problems.add(f"{path}.path_template", str(err))
+        low, high = store.get("min_blob_bytes", 0), store.get("max_blob_bytes")
+        if high is not None and low > high:
+            problems.add(f"{path}.min_blob_bytes", "min_blob_bytes exceeds max_blob_bytes")
+    if len(storage["kv_stores"]) == 0:
+        problems.add("$.storage.kv_stores", "at least one KV store is needed")
+    entities = schema["entities"]
+    for name, doc in storage["documents"].items():
+        path = f"$.storage.documents.{name}"
+        if doc["store"] not in storage["kv_stores"]:
+            problems.add(f"{path}.store", f"unknown KV store {doc['store']!r}")
+        fields = _IDENT.findall(" ".join(_PLACEHOLDER.findall(doc["key"])))
+        if not fields:
+            problems.add(f"{path}.key", "a key template needs at least one {field}")
+        entity = doc.get("entity")
+        if entity is not None:
+            if entity not in entities:
+                problems.add(f"{path}.entity", f"unknown entity {entity!r}")
+            else:
+                for f in fields:
+                    if f not in entities[entity]["fields"]:
+                        problems.add(f"{path}.key", f"{{{f}}} is not a field of {entity}")
+
+
+def _check_indexes(schema: dict[str, Any], problems: Problems) -> None:
+    seen: set[str] = set()
+    for i, index in enumerate(schema.get("indexes", [])):
+        path = f"$.indexes[{i}]"
+        if index["name"] in seen:
+            problems.add(f"{path}.name", f"duplicate index name {index['name']!r}")
+        seen.add(index["name"])
+        entity = schema["entities"].get(index["entity"])
+        if entity is None:
+            problems.add(f"{path}.entity", f"unknown entity {index['entity']!r}")
+            continue
+        if "versioning" not in entity:
+            problems.add(f"{path}.entity", "a versions index needs an entity with versioning")
+        elif index.get("version_field", "version") != entity["versioning"]["field"]:
+            problems.add(f"{path}.version_field", "must be the entity's versioning field")
+        doc = index.get("document")
+        if doc is not None and doc not in schema["storage"]["documents"]:
+            problems.add(f"{path}.document", f"unknown document {doc!r}")
+        for j, f in enumerate([*index["group_by"], index.get("variant_field", "variant")]):
+            if f not in entity["fields"]:
+                where = f"group_by[{j}]" if j < len(index["group_by"]) else "variant_field"
+                problems.add(f"{path}.{where}", f"unknown field {f!r} of {index['entity']}")
+
+
+def _check_auth(schema: dict[str, Any], problems: Problems) -> None:
+    auth = schema.get("auth", {})
+    scopes = set(auth.get("scopes", []))
+    for scope, implied in auth.get("implies", {}).items():
+        for s in [scope, *implied]:
+            if s not in scopes:
+                problems.add(f"$.auth.implies.{scope}", f"unknown scope {s!r}")
+
+
+def _check_validation(schema: dict[str, Any], problems: Problems) -> None:
+    for name, js in schema.get("validation", {}).get("json_schemas", {}).items():
+        try:
+            Draft202012Validator.check_schema(js)
+        except JsonSchemaError as err:
+            problems.add(f"$.validation.json_schemas.{name}", f"not a valid JSON Schema: {err}")
+
+
+def _unknown_op(name: str) -> str:
+    if name in PENDING:
+        return PENDING[name]
+    return f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}"
+
+
+def _check_ops_allowed(schema: dict[str, Any], problems: Problems) -> None:
+    for i, name in enumerate(schema["ops"]["allowed"]):
+        if name not in OPS:
+            problems.add(f"$.ops.allowed[{i}]", _unknown_op(name))
+
+
+def _check_features(schema: dict[str, Any], problems: Problems) -> None:
+    features = schema.get("features", {})
+    if features.get("proxy_enabled") and not schema.get("upstreams"):
+        problems.add("$.features.proxy_enabled", "proxy_enabled needs at least one upstream")
+
+
+def _ref_exists(schema: dict[str, Any], ref: str, name: str) -> bool:
+    node: Any = schema
+    for part in REFS[ref]:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, list):
+        return name in node
+    if isinstance(node, dict) and ref == "index":
+        return False
+    return isinstance(node, dict) and name in node
+
+
+def _index_names(schema: dict[str, Any]) -> set[str]:
+    return {index["name"] for index in schema.get("indexes", [])}
+
+
+def _check_routes(schema: dict[str, Any], problems: Problems) -> None:
+    ids: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    rules = []
+    for i, route in enumerate(schema["routes"]):
+        path = f"$.routes[{i}]"
+        if route["id"] in ids:
+            problems.add(f"{path}.id", f"duplicate route id {route['id']!r}")
+        ids.add(route["id"])
+        pair = (route["method"], route["path"])
+        if pair in pairs:
+            problems.add(f"{path}.path", f"duplicate route {route['method']} {route['path']}")
+        pairs.add(pair)
+        params = _PLACEHOLDER.findall(route["path"])
+        bad = [p for p in params if not _IDENT.fullmatch(p)]
+        if bad or len(set(params)) != len(params):
+            problems.add(f"{path}.path", "path placeholders must be unique {identifiers}")
+            continue
+        rules.append(Rule(rule_path(route["path"]), endpoint=route["id"], methods=[route["method"]]))
+        _check_pipeline(schema, route, set(params), path, problems)
+    try:
+        Map(rules)
+    except ValueError as err:
+        problems.add("$.routes", f"routes cannot be mapped: {err}")
+
+
+def _templates(spec: OpSpec, args: dict[str, Any]) -> Iterable[tuple[str, Template]]:
+    for name, arg in spec.args.items():
+        if name not in args:
+            continue
+        value = args[name]
+        if arg.kind == "value":
+            yield name, compile_value(value)
+        elif arg.kind == "object" and name in ("fields", "conflict", "headers"):
+            yield name, compile_value(value)
+        elif arg.kind == "strings" and name in ("group", "parent"):
+            yield name, compile_value(value)
+
+
+def _check_arg(kind: str, value: Any) -> str | None:
+    ok = {
+        "name": isinstance(value, str) and bool(value),
+        "var": isinstance(value, str) and bool(_IDENT.fullmatch(value)),
+        "varref": isinstance(value, str) and value.startswith("$") and bool(_IDENT.fullmatch(value[1:])),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "fields": (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())),
+        "object": isinstance(value, dict),
+        "value": True,
+    }[kind]
+    return None if ok else f"must be {kind.replace('varref', 'a $variable reference')}"
+
+
+def _check_pipeline(
+    schema: dict[str, Any], route: dict[str, Any], params: set[str], path: str, problems: Problems
+) -> None:
+    allowed = set(schema["ops"]["allowed"])
+    limit = schema["ops"]["limits"]["max_pipeline_ops"]
+    pipeline = route["pipeline"]
+    if len(pipeline) > limit:
+        problems.add(f"{path}.pipeline", f"{len(pipeline)} ops exceed max_pipeline_ops={limit}")
+    defined_vars = set(BUILTIN_VARS)
+    defined_fields: set[str] = set()
+    in_txn = False
+    unverified: dict[str, str] = {}  # blob var -> where it was put
+    ended = False
+    documents = schema["storage"]["documents"]
+    for j, step in enumerate(pipeline):
+        where = f"{path}.pipeline[{j}]"
+        name = step["op"]
+        if ended:
+            problems.add(where, "unreachable: an earlier op always responds")
+            break
+        if name not in allowed:
+            problems.add(f"{where}.op", f"op {name!r} is not in ops.allowed")
+        spec = OPS.get(name)
+        if spec is None:
+            problems.add(f"{where}.op", _unknown_op(name))
+            continue
+        args = {k: v for k, v in step.items() if k not in ("op", "when")}
+        arg_ok = True
+        for key in args:
+            if key not in spec.args:
+                problems.add(f"{where}.{key}", f"unknown argument of {name}; known: "
+                             f"{', '.join(sorted(spec.args)) or 'none'}")
+                arg_ok = False
+        for key, arg in spec.args.items():
+            if key not in args:
+                if arg.required:
+                    problems.add(where, f"{name} needs the argument {key!r}")
+                    arg_ok = False
+                continue
+            why = _check_arg(arg.kind, args[key])
+            if why:
+                problems.add(f"{where}.{key}", why)
+                arg_ok = False
+            elif arg.ref == "index" and args[key] not in _index_names(schema):
+                problems.add(f"{where}.{key}", f"unknown index {args[key]!r}")
+                arg_ok = False
+            elif arg.ref and arg.ref != "index" and not _ref_exists(schema, arg.ref, args[key]):
+                problems.add(f"{where}.{key}", f"unknown {arg.ref.replace('_', ' ')} {args[key]!r}")
+                arg_ok = False
+        reads_vars: set[str] = set()
+        reads_fields: set[str] = set()
+        try:
+            if "when" in step:
+                cond = compile_condition(step["when"])
+                reads_vars |= cond.vars
+                reads_fields |= cond.fields
+            for _, t in _templates(spec, args):
+                reads_vars |= t.vars
+                reads_fields |= t.fields
+        except TemplateError as err:
+            problems.add(where, f"bad template or condition: {err}")
+        if arg_ok and "document" in args and args["document"] in documents:
+            key_fields = _IDENT.findall(" ".join(_PLACEHOLDER.findall(documents[args["document"]]["key"])))
+            if name == "kv.scan":
+                key_fields = key_fields[: len(args.get("fields", []))]
+                if args.get("fields") != key_fields:
+                    problems.add(f"{where}.fields", "must be the leading fields of the key")
+            overrides = args.get("fields") if isinstance(args.get("fields"), dict) else {}
+            reads_fields |= {f for f in key_fields if f not in overrides}
+        if name == "blob.verify_digest" and isinstance(args.get("blob"), str):
+            reads_vars.add(args["blob"].lstrip("$"))
+            unverified.pop(args["blob"].lstrip("$"), None)
+        if name == "validate.entity" and arg_ok:
+            reads_fields |= {t for t, _ in _pairs(args["fields"])}
+        if name == "normalize.entity" and arg_ok and "source" not in args:
+            reads_fields |= {t for t, _ in _pairs(args["fields"])}
+        for v in sorted(reads_vars - defined_vars):
+            problems.add(where, f"${v} is read before it is defined")
+        for f in sorted(reads_fields - defined_fields):
+            problems.add(where, f"field {{{f}}} is read before it is defined")
+        # effects of the op
+        if name == "parse.path":
+            defined_fields |= params
+        if name == "normalize.entity" and arg_ok:
+            defined_fields |= {t for t, _ in _pairs(args["fields"])}
+        if isinstance(args.get("out"), str):
+            defined_vars.add(args["out"])
+        if name == "blob.put" and isinstance(args.get("out"), str):
+            unverified[args["out"]] = where
+        if name == "txn.begin":
+            if in_txn:
+                problems.add(where, "txn.begin inside an open transaction")
+            if unverified:
+                problems.add(where, "a blob.put must be followed by blob.verify_digest before "
+                             "the transaction")
+            in_txn = True
+        elif name in ("txn.commit", "txn.abort"):
+            if not in_txn:
+                problems.add(where, f"{name} without txn.begin")
+            in_txn = False
+        elif spec.kv_write and not in_txn:
+            problems.add(where, f"{name} writes and must be inside txn.begin ... txn.commit")
+        if spec.terminal and "when" not in step:
+            ended = True
+            if in_txn and name != "respond.error":
+                problems.add(where, "responds while a transaction is still open")
+            for var in unverified:
+                problems.add(unverified[var], "blob.put is never followed by blob.verify_digest")
+            unverified.clear()
+    if not ended:
+        problems.add(f"{path}.pipeline", "the pipeline must end with an unconditional respond op")
+
+
+def _pairs(fields: Any) -> list[tuple[str, str]]:
+    if isinstance(fields, list):
+        return [(f, f) for f in fields]
+    return list(fields.items())
+
+
+def _check_invariants(schema: dict[str, Any], problems: Problems) -> None:
+    ids: set[str] = set()
+    for i, inv in enumerate(schema.get("invariants", [])):
+        path = f"$.invariants[{i}]"
+        if inv["id"] in ids:
+            problems.add(f"{path}.id", f"duplicate invariant id {inv['id']!r}")
+        ids.add(inv["id"])
+        kind = inv["kind"]
+        if kind == "write_once":
+            _write_once(schema, inv, path, problems)
+        elif kind == "events_for_writes":
+            for r, route in enumerate(schema["routes"]):
+                ops = [s["op"] for s in route["pipeline"]]
+                if "txn.commit" in ops and "emit.event" not in ops:
+                    problems.add(f"$.routes[{r}]", f"invariant {inv['id']}: a write that emits "
+                                 "no event")
+        elif kind == "scoped_routes":
+            for r, route in enumerate(schema["routes"]):
+                first = route["pipeline"][0]["op"] if route["pipeline"] else None
+                if not route.get("public") and first != "auth.require_scopes":
+                    problems.add(f"$.routes[{r}].pipeline[0]", f"invariant {inv['id']}: the "
+                                 "first op must be auth.require_scopes (or mark the route public)")
+
+
+def _write_once(schema: dict[str, Any], inv: dict[str, Any], path: str, problems: Problems) -> None:
+    doc = inv.get("document")
+    if doc not in schema["storage"]["documents"]:
+        problems.add(f"{path}.document", f"unknown document {doc!r}")
+        return
+    feature = inv.get("unless_feature")
+    if feature is not None and feature not in schema.get("features", {}):
+        problems.add(f"{path}.unless_feature", f"unknown feature {feature!r}")
+    for r, route in enumerate(schema["routes"]):
+        for j, step in enumerate(route["pipeline"]):
+            if step.get("document") != doc:
+                continue
+            where = f"$.routes[{r}].pipeline[{j}]"
+            if step["op"] == "kv.put":
+                problems.add(where, f"invariant {inv['id']}: {doc} is write-once; use kv.cas_put")
+            elif step["op"] == "kv.cas_put" and (
+                step.get("if_absent", True) is not True or step.get("unless_feature") != feature
+            ):
+                problems.add(where, f"invariant {inv['id']}: {doc} must be written if_absent"
+                             + (f" unless {feature}" if feature else ""))

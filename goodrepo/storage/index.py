@@ -1,0 +1,205 @@
+"""Version indexes persisted in the KV, ordered by an order-preserving version encoding.
+
+A version index groups rows (one per ``version``/``variant`` of a package) by the schema's
+``group_by`` fields and keeps them in version order, so that "latest" and the newest-first
+version list are bounded scans from the end of a prefix: their cost does not depend on how
+many versions a package has. Every row is written under four sub-spaces so that each kind
+of "latest" question is answered by the first row of one reverse scan:
+
+``A``  all rows            group / version / variant
+``S``  releases only       group / version / variant
+``B``  all rows by variant group / variant / version
+``T``  releases by variant group / variant / version
+
+Group counters (``C``) hold, at each level of ``group_by``, how many children a group has:
+versions per package, packages per namespace. They change in the same transaction as the
+rows, under the transaction's key locks.
+
+Usage::
+
+    idx = VersionIndex(kv, "versions", get_scheme("semver"), ["namespace", "name"])
+    with kv.transaction() as txn:
+        idx.put(txn, {"namespace": "acme", "name": "app", "version": "1.0.0", "variant": "x"})
+    idx.latest(["acme", "app"])
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InvalidRequest
+from ..versions import VersionScheme
+from .kv import KV, Transaction, loads
+
+SEP = b"\x00"
+
+
+def encode_cursor(key_suffix: bytes) -> str:
+    """An opaque cursor for the position after ``key_suffix`` within a prefix."""
+    return base64.urlsafe_b64encode(key_suffix).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> bytes | None:
+    """The key suffix inside an opaque cursor; INVALID_REQUEST when it is not one of ours."""
+    if cursor is None or cursor == "":
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError) as err:
+        raise InvalidRequest("cursor is not valid", details={"field": "cursor"}) from err
+    if not raw or len(raw) > 1024:
+        raise InvalidRequest("cursor is not valid", details={"field": "cursor"})
+    return raw
+
+
+def scan_page(
+    kv: KV, prefix: bytes, *, limit: int, cursor: str | None, reverse: bool = False
+) -> tuple[list[tuple[bytes, Any]], str | None]:
+    """One page of ``(key suffix, document)`` under ``prefix`` and the next cursor."""
+    after = decode_cursor(cursor)
+    start = prefix + after if after is not None else None
+    rows = [
+        (key[len(prefix) :], loads(value))
+        for key, value in kv.scan(prefix, start=start, reverse=reverse, limit=limit + 1)
+    ]
+    next_cursor = encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def _enc(value: str) -> bytes:
+    return value.encode("ascii")
+
+
+class VersionIndex:
+    """An ordered index of versioned rows, grouped by ``group_by`` fields."""
+
+    def __init__(
+        self,
+        kv: KV,
+        name: str,
+        scheme: VersionScheme,
+        group_by: Sequence[str],
+        *,
+        version_field: str = "version",
+        variant_field: str = "variant",
+    ) -> None:
+        self.kv = kv
+        self.name = name
+        self.scheme = scheme
+        self.group_by = tuple(group_by)
+        self.version_field = version_field
+        self.variant_field = variant_field
+        self._base = b"i:" + _enc(name) + SEP
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _group(self, values: Sequence[str]) -> bytes:
+        return b"".join(_enc(v) + SEP for v in values)
+
+    def _space(self, kind: bytes, group: Sequence[str]) -> bytes:
+        return self._base + kind + SEP + self._group(group)
+
+    def _row_keys(self, row: dict[str, Any]) -> tuple[bytes, list[bytes]]:
+        group = [row[f] for f in self.group_by]
+        version = row[self.version_field]
+        variant = _enc(row[self.variant_field])
+        ver = self.scheme.encode(version)
+        by_version = ver + SEP + variant
+        by_variant = variant + SEP + ver
+        primary = self._space(b"A", group) + by_version
+        keys = [self._space(b"B", group) + by_variant]
+        if not self.scheme.is_prerelease(version):
+            keys.append(self._space(b"S", group) + by_version)
+            keys.append(self._space(b"T", group) + by_variant)
+        return primary, keys
+
+    def _counter_key(self, group: Sequence[str]) -> bytes:
+        return self._base + b"C" + bytes([len(group)]) + SEP + self._group(group)
+
+    # -- writes (inside a transaction) --------------------------------------------------
+
+    def put(self, txn: Transaction, row: dict[str, Any]) -> bool:
+        """Insert or replace ``row``; returns True when it is new."""
+        primary, others = self._row_keys(row)
+        created = txn.get(primary, lock=True) is None
+        for key in [primary, *others]:
+            txn.put_json(key, row)
+        if created:
+            self._count(txn, [row[f] for f in self.group_by], +1)
+        return created
+
+    def delete(self, txn: Transaction, row: dict[str, Any]) -> bool:
+        """Remove the row with ``row``'s coordinates; returns True when one was there."""
+        primary, others = self._row_keys(row)
+        if txn.get(primary, lock=True) is None:
+            return False
+        for key in [primary, *others]:
+            txn.delete(key)
+        self._count(txn, [row[f] for f in self.group_by], -1)
+        return True
+
+    def _count(self, txn: Transaction, group: list[str], delta: int) -> None:
+        # Walk up the levels while a group appears (0 -> 1) or disappears (1 -> 0).
+        for depth in range(len(group), 0, -1):
+            key = self._counter_key(group[:depth])
+            doc = txn.get_json(key, lock=True) or {"count": 0}
+            before = doc["count"]
+            doc["count"] = before + delta
+            if doc["count"] <= 0:
+                txn.delete(key)
+            else:
+                txn.put_json(key, doc)
+            if not ((before == 0 and delta > 0) or (doc["count"] == 0 and delta < 0)):
+                break
+
+    # -- reads --------------------------------------------------------------------------
+
+    def latest(
+        self, group: Sequence[str], *, prerelease: bool = False, variant: str | None = None
+    ) -> dict[str, Any] | None:
+        """The row with the highest version in ``group`` (one seek, whatever the size)."""
+        if variant is None:
+            prefix = self._space(b"A" if prerelease else b"S", group)
+        else:
+            prefix = self._space(b"B" if prerelease else b"T", group) + _enc(variant) + SEP
+        for _, value in self.kv.scan(prefix, reverse=True, limit=1):
+            return loads(value)
+        return None
+
+    def versions(
+        self, group: Sequence[str], *, limit: int, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Rows of ``group``, newest first, one page at a time."""
+        rows, nxt = scan_page(
+            self.kv, self._space(b"A", group), limit=limit, cursor=cursor, reverse=True
+        )
+        return [doc for _, doc in rows], nxt
+
+    def count(self, group: Sequence[str]) -> int:
+        """How many children ``group`` has (rows for a full group, sub-groups otherwise)."""
+        doc = self.kv.get_json(self._counter_key(group))
+        return doc["count"] if doc else 0
+
+    def groups(
+        self,
+        parent: Sequence[str],
+        *,
+        limit: int,
+        cursor: str | None = None,
+        name_prefix: str = "",
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        """Child groups of ``parent`` with their counts, in name order, paginated."""
+        base = self._counter_key([*parent, ""])[:-1]  # counter keys one level down
+        prefix = base + _enc(name_prefix)
+        after = decode_cursor(cursor)
+        if after is not None and not after.startswith(_enc(name_prefix)):
+            raise InvalidRequest("cursor does not belong to this listing")
+        start = base + after if after is not None else None
+        rows = []
+        for key, value in self.kv.scan(prefix, start=start, limit=limit + 1):
+            rows.append((key[len(base) : -1], loads(value)["count"]))
+        nxt = encode_cursor(rows[limit - 1][0] + SEP) if len(rows) > limit else None
+        return [(k.decode("ascii"), n) for k, n in rows[:limit]], nxt
