@@ -1,0 +1,331 @@
+"""Limit request rates per client, principal or custom key, on the ``limits`` library.
+
+Each :class:`Rule` names a limit (``"5/minute"``, or several: ``"10/second;300/hour"``),
+optionally the methods and the path it covers (exact, prefix or regex), and whose requests
+it counts together (the key). Every rule that matches a request is charged; when one is
+exhausted the answer is ``429 RATE_LIMITED`` with ``Retry-After``. Responses of limited
+routes, allowed or not, carry ``RateLimit-Limit``, ``RateLimit-Remaining`` and
+``RateLimit-Reset`` (seconds) for the tightest limit.
+
+The client address is ``REMOTE_ADDR``, or, when that is a trusted proxy, the right-most
+``X-Forwarded-For`` entry that is not a trusted proxy: a client can put anything in that
+header, so only hops added by proxies we trust count.
+
+Options:
+
+``rules``
+    :class:`Rule` objects or mappings of their fields.
+``storage``
+    a ``limits`` storage URI, ``"memory://"`` (default, one process) or
+    ``"redis://host:port/db"`` (shared by processes and hosts), or a storage instance.
+``storage_options``
+    keyword arguments for the storage; Redis gets 1-second socket timeouts by default.
+``strategy``
+    ``"moving-window"`` (default), ``"fixed-window"`` or ``"sliding-window-counter"``.
+``trusted_proxies``
+    addresses or networks (``"10.0.0.0/8"``) whose ``X-Forwarded-For`` is believed.
+``on_storage_error``
+    ``"open"`` (default: let the request through) or ``"closed"`` (answer
+    ``503 RATE_LIMIT_UNAVAILABLE``); logged either way.
+``key_prefix``
+    prefix of the storage keys, default ``"goodrepo"``, so several apps can share a Redis.
+
+Usage::
+
+    from middleware.ratelimit import RateLimitMiddleware, Rule
+    rules = [Rule("5/minute", path="/auth/login", methods=["POST"]), Rule("50/second")]
+    app = RateLimitMiddleware(app, rules=rules, storage="redis://127.0.0.1:6379/0")
+
+Environ keys: sets ``goodrepo.client_addr``; reads ``goodrepo.principal`` for rules keyed
+by ``"principal"`` (place an instance inside the auth middleware for those); the refusals
+set ``goodrepo.error_code``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from limits import RateLimitItem, parse_many
+from limits.errors import ConfigurationError, StorageError
+from limits.storage import Storage, storage_from_string
+from limits.strategies import STRATEGIES, RateLimiter
+
+from middleware.errors import error_response
+from middleware.keys import CLIENT_ADDR, PRINCIPAL
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger(__name__)
+
+KeyFunction = Callable[[dict[str, Any]], str | None]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_MAX_FORWARDED_HOPS = 32
+_REDIS_DEFAULTS = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
+_STORAGE_ERROR_CHOICES = ("open", "closed")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rate limit and the requests it covers.
+
+    ``limit`` is a ``limits`` string; ``methods`` restricts it to those methods (default
+    all); at most one of ``path`` (exact), ``prefix`` or ``regex`` (``re.search`` on
+    ``PATH_INFO``) restricts the paths (default all). ``key`` says whose requests are
+    counted together: ``"client"`` (the client address, default), ``"principal"`` (the
+    authenticated subject; the client address for anonymous requests) or a callable
+    ``environ -> str | None`` (``None`` exempts the request). ``name`` keeps the counters
+    of a rule apart from the others' (default: its position).
+    """
+
+    limit: str
+    methods: Collection[str] | None = None
+    path: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    key: str | KeyFunction = "client"
+    name: str | None = None
+
+
+class _CompiledRule:
+    """A validated rule with its parsed limits, matcher and key function."""
+
+    __slots__ = ("items", "methods", "matches_path", "key", "scope")
+
+    def __init__(self, rule: Rule, index: int) -> None:
+        where = f"rules[{index}]"
+        try:
+            self.items: tuple[RateLimitItem, ...] = tuple(parse_many(rule.limit))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}.limit: cannot parse {rule.limit!r}: {err}") from err
+        if not self.items:
+            raise ValueError(f"{where}.limit: no limit in {rule.limit!r}")
+        if isinstance(rule.methods, str):
+            raise ValueError(f"{where}.methods: expected a list of methods, not a string")
+        self.methods = frozenset(m.upper() for m in rule.methods) if rule.methods else None
+        given = [n for n in ("path", "prefix", "regex") if getattr(rule, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{where}: give at most one of path, prefix and regex, not {given}")
+        for name in ("path", "prefix"):
+            value = getattr(rule, name)
+            if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+                raise ValueError(f"{where}.{name}: {value!r} does not start with '/'")
+        self.matches_path: Callable[[str], bool] | None = None
+        if rule.path is not None:
+            exact = rule.path
+            self.matches_path = lambda path: path == exact
+        elif rule.prefix is not None:
+            prefix = rule.prefix
+            self.matches_path = lambda path: path.startswith(prefix)
+        elif rule.regex is not None:
+            try:
+                pattern = re.compile(rule.regex)
+            except re.error as err:
+                raise ValueError(f"{where}.regex: {err}") from err
+            self.matches_path = lambda path: pattern.search(path) is not None
+        if rule.key == "client":
+            self.key: Callable[[WSGIEnvironment, str], str | None] = _client_key
+        elif rule.key == "principal":
+            self.key = _principal_key
+        elif callable(rule.key):
+            custom = rule.key
+            self.key = lambda environ, _addr: custom(environ)
+        else:
+            raise ValueError(f"{where}.key: expected 'client', 'principal' or a callable")
+        self.scope = rule.name or str(index)
+
+
+def _client_key(environ: WSGIEnvironment, addr: str) -> str:
+    return "addr:" + addr
+
+
+def _principal_key(environ: WSGIEnvironment, addr: str) -> str:
+    principal = environ.get(PRINCIPAL)
+    if isinstance(principal, dict) and not principal.get("anonymous") and principal.get("sub"):
+        return "sub:" + str(principal["sub"])
+    return "addr:" + addr
+
+
+class RateLimitMiddleware:
+    """Answer 429 when a matching rule's limit is exhausted (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        rules: Iterable[Rule | Mapping[str, Any]],
+        storage: str | Storage = "memory://",
+        storage_options: Mapping[str, Any] | None = None,
+        strategy: str = "moving-window",
+        trusted_proxies: Iterable[str] = (),
+        on_storage_error: str = "open",
+        key_prefix: str = "goodrepo",
+    ) -> None:
+        self.app = app
+        compiled = []
+        for index, rule in enumerate(rules):
+            if isinstance(rule, Mapping):
+                known = {f.name for f in fields(Rule)}
+                unknown = sorted(set(rule) - known)
+                if unknown:
+                    raise ValueError(f"rules[{index}]: unknown fields {unknown}")
+                rule = Rule(**rule)
+            if not isinstance(rule, Rule):
+                raise ValueError(f"rules[{index}]: expected a Rule or a mapping")
+            compiled.append(_CompiledRule(rule, index))
+        self._rules = tuple(compiled)
+        if isinstance(storage, str):
+            options = dict(storage_options or {})
+            if storage.startswith(("redis", "rediss")):
+                options = {**_REDIS_DEFAULTS, **options}
+            try:
+                backend = storage_from_string(storage, wrap_exceptions=True, **options)
+            except ConfigurationError as err:
+                raise ValueError(f"storage: {err}") from err
+        elif isinstance(storage, Storage):
+            backend = storage
+        else:
+            raise ValueError("storage: expected a limits storage URI or a Storage instance")
+        if not isinstance(backend, Storage):
+            raise ValueError("storage: asynchronous storages do not work in WSGI")
+        self.storage = backend
+        base = backend.base_exceptions
+        self._storage_errors: tuple[type[Exception], ...] = (
+            StorageError,
+            *(base if isinstance(base, tuple) else (base,)),
+        )
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy: {strategy!r} is unknown; known: {sorted(STRATEGIES)}")
+        try:
+            self._limiter: RateLimiter = STRATEGIES[strategy](backend)
+        except NotImplementedError as err:
+            raise ValueError(f"strategy: {strategy!r} does not work with this storage") from err
+        networks: list[IPNetwork] = []
+        for proxy in [trusted_proxies] if isinstance(trusted_proxies, str) else trusted_proxies:
+            try:
+                networks.append(ipaddress.ip_network(proxy, strict=False))
+            except ValueError as err:
+                raise ValueError(f"trusted_proxies: {proxy!r} is not an address") from err
+        self._trusted = tuple(networks)
+        if on_storage_error not in _STORAGE_ERROR_CHOICES:
+            raise ValueError(f"on_storage_error: choose from {list(_STORAGE_ERROR_CHOICES)}")
+        self._fail_open = on_storage_error == "open"
+        if not isinstance(key_prefix, str) or not key_prefix:
+            raise ValueError("key_prefix: expected a non-empty string")
+        self._key_prefix = key_prefix
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        addr = self.client_address(environ)
+        environ[CLIENT_ADDR] = addr
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO") or "/"
+        tightest: tuple[RateLimitItem, float, int] | None = None
+        try:
+            for rule in self._rules:
+                if rule.methods is not None and method not in rule.methods:
+                    continue
+                if rule.matches_path is not None and not rule.matches_path(path):
+                    continue
+                identity = rule.key(environ, addr)
+                if identity is None:
+                    continue
+                for item in rule.items:
+                    allowed = self._limiter.hit(item, self._key_prefix, rule.scope, identity)
+                    reset, remaining = self._limiter.get_window_stats(
+                        item, self._key_prefix, rule.scope, identity
+                    )
+                    if not allowed:
+                        return self._refuse(environ, start_response, item, reset)
+                    if tightest is None or remaining < tightest[2]:
+                        tightest = (item, reset, remaining)
+        except self._storage_errors as err:
+            return self._storage_failed(environ, start_response, err)
+        if tightest is None:
+            return self.app(environ, start_response)
+        limit_headers = _limit_headers(*tightest)
+
+        def _start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            return start_response(status, headers + limit_headers, exc_info)
+
+        return self.app(environ, _start_response)
+
+    def client_address(self, environ: WSGIEnvironment) -> str:
+        """Return the client address, believing ``X-Forwarded-For`` from trusted proxies only."""
+        remote = str(environ.get("REMOTE_ADDR") or "")
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if not forwarded or not self._trusted or not self._is_trusted(remote):
+            return remote
+        addr = remote
+        for hop in reversed(forwarded.split(",")[-_MAX_FORWARDED_HOPS:]):
+            try:
+                ip = ipaddress.ip_address(hop.strip())
+            except ValueError:
+                break  # a trusted proxy passed on garbage: go no further than that proxy
+            addr = str(ip)
+            if not self._is_trusted(ip):
+                break
+        return addr
+
+    def _is_trusted(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        try:
+            ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def _refuse(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        item: RateLimitItem,
+        reset: float,
+    ) -> Iterable[bytes]:
+        headers = _limit_headers(item, reset, 0)
+        headers.append(("Retry-After", str(max(1, _seconds_until(reset)))))
+        response = error_response(
+            environ,
+            429,
+            "RATE_LIMITED",
+            f"rate limit exceeded: {item.amount} per {item.get_expiry()} s",
+            headers=headers,
+        )
+        return response(environ, start_response)
+
+    def _storage_failed(
+        self, environ: WSGIEnvironment, start_response: StartResponse, err: Exception
+    ) -> Iterable[bytes]:
+        cause = err.storage_error if isinstance(err, StorageError) else err
+        if self._fail_open:
+            log.error("rate-limit storage failed, letting the request through: %r", cause)
+            return self.app(environ, start_response)
+        log.error("rate-limit storage failed, refusing the request: %r", cause)
+        response = error_response(
+            environ,
+            503,
+            "RATE_LIMIT_UNAVAILABLE",
+            "rate limiting is unavailable, try again later",
+            headers={"Retry-After": "1"},
+        )
+        return response(environ, start_response)
+
+
+def _seconds_until(reset: float) -> int:
+    return max(0, math.ceil(reset - time.time()))
+
+
+def _limit_headers(item: RateLimitItem, reset: float, remaining: int) -> list[tuple[str, str]]:
+    return [
+        ("RateLimit-Limit", str(item.amount)),
+        ("RateLimit-Remaining", str(max(0, remaining))),
+        ("RateLimit-Reset", str(_seconds_until(reset))),
+    ]
