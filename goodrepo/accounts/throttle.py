@@ -1,0 +1,143 @@
+"""Login failure throttling, per username and per client address.
+
+Only failures count. Each username and each client address has a sliding window of its
+recent failures; once either holds ``max_failures`` within ``window`` seconds, further
+attempts are refused with :class:`~goodrepo.errors.RateLimited` (``Retry-After`` = time
+until the oldest failure leaves the window) before any password is checked. A successful
+login clears its username's failures (not its address's, so one valid account cannot
+launder guesses against others). State lives in memory, bounded to ``max_keys`` keys:
+the least recently touched ones are forgotten first.
+
+Usage::
+
+    throttle = LoginThrottle.from_limit("5/minute")
+    throttle.check(username, address)          # raises RateLimited
+    try:
+        user = users.authenticate(username, password)
+    except InvalidCredentials:
+        throttle.failure(username, address)
+        raise
+    throttle.success(username)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+import limits
+
+from ..errors import RateLimited
+
+log = logging.getLogger(__name__)
+
+_MAX_KEY_CHARS = 128
+
+
+class LoginThrottle:
+    """Counts failed logins in sliding windows; thread-safe, bounded memory.
+
+    ``max_failures`` within ``window`` seconds per username; ``address_max_failures``
+    (default: the same) per client address; ``max_keys`` bounds the number of tracked
+    usernames and addresses together; ``clock`` is a monotonic clock.
+
+    Usage::
+
+        throttle = LoginThrottle(max_failures=5, window=60)
+        throttle.check("alice", "192.0.2.7")
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window: float = 60.0,
+        *,
+        address_max_failures: int | None = None,
+        max_keys: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        address_max = max_failures if address_max_failures is None else address_max_failures
+        if max_failures < 1 or address_max < 1:
+            raise ValueError("failure limits must be at least 1")
+        if window <= 0:
+            raise ValueError("window must be positive")
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.max_failures = max_failures
+        self.address_max_failures = address_max
+        self.window = float(window)
+        self.max_keys = max_keys
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+
+    @classmethod
+    def from_limit(cls, limit: str, **kwargs: object) -> LoginThrottle:
+        """A throttle from a rate-limit string such as ``"5/minute"`` (``ValueError``)."""
+        items = limits.parse_many(limit)
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError(f"expected one rate limit such as '5/minute', got {limit!r}")
+        return cls(items[0].amount, items[0].get_expiry(), **kwargs)  # type: ignore[arg-type]
+
+    def check(self, username: str, address: str | None) -> None:
+        """Raise :class:`RateLimited` while either key is over its limit."""
+        now = self.clock()
+        with self._lock:
+            waits = [
+                self._wait(key, limit, now)
+                for key, limit in self._keys(username, address)
+                if key in self._failures
+            ]
+        wait = max(waits, default=0.0)
+        if wait > 0:
+            raise RateLimited(wait, "too many failed logins; try again later")
+
+    def failure(self, username: str, address: str | None) -> None:
+        """Record one failed login for ``username`` and ``address``."""
+        now = self.clock()
+        with self._lock:
+            for key, limit in self._keys(username, address):
+                window = self._failures.get(key)
+                if window is None:
+                    window = self._failures[key] = deque(maxlen=limit)
+                    self._evict()
+                else:
+                    self._failures.move_to_end(key)
+                window.append(now)
+
+    def success(self, username: str) -> None:
+        """Forget the failures of ``username`` after it logged in."""
+        with self._lock:
+            self._failures.pop(("u", _name(username)), None)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def _keys(self, username: str, address: str | None) -> list[tuple[tuple[str, str], int]]:
+        keys = [(("u", _name(username)), self.max_failures)]
+        if address:
+            keys.append((("a", address[:_MAX_KEY_CHARS]), self.address_max_failures))
+        return keys
+
+    def _wait(self, key: tuple[str, str], limit: int, now: float) -> float:
+        window = self._failures[key]
+        while window and window[0] <= now - self.window:
+            window.popleft()
+        if not window:
+            del self._failures[key]
+            return 0.0
+        if len(window) < limit:
+            return 0.0
+        return window[0] + self.window - now
+
+    def _evict(self) -> None:
+        # Least recently touched first: keys whose failures all aged out sit at the front.
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
+
+def _name(username: str) -> str:
+    return str(username).strip().lower()[:_MAX_KEY_CHARS]
