@@ -163,8 +163,6 @@ class CORSMiddleware:
         self._max_age_value = str(max_age)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if not self._enabled:
-            return self.app(environ, start_response)
         origin = environ.get("HTTP_ORIGIN")
         if (
             origin is not None
@@ -172,6 +170,8 @@ class CORSMiddleware:
             and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
         ):
             return self._preflight(environ, start_response, origin)
+        if not self._enabled:
+            return self.app(environ, start_response)
         added: list[tuple[str, str]] = []
         # With "*" every response, CORS or not, carries the same headers, so caches need
         # no Vary (the Fetch standard's advice for a static Access-Control-Allow-Origin).
