@@ -1,0 +1,269 @@
+"""RateLimitMiddleware: rules, keys, strategies, headers, trusted proxies, storage failures."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from mwhelpers import Outer, RecordingApp, free_port
+from webtest import TestApp
+
+from middleware.keys import CLIENT_ADDR, ERROR_CODE, PRINCIPAL
+from middleware.ratelimit import RateLimitMiddleware, Rule
+
+
+def limited(app: Any, *rules: Rule | dict, **options: Any) -> TestApp:
+    return TestApp(RateLimitMiddleware(app, rules=list(rules), **options))
+
+
+def addr(ip: str, **more: Any) -> dict[str, Any]:
+    return {"REMOTE_ADDR": ip, **more}
+
+
+def test_limit_then_429_with_retry_after_and_headers(recording_app: RecordingApp) -> None:
+    outer = Outer(RateLimitMiddleware(recording_app, rules=[Rule("2/minute")]))
+    app = TestApp(outer)
+    first = app.get("/x")
+    assert first.headers["RateLimit-Limit"] == "2"
+    assert first.headers["RateLimit-Remaining"] == "1"
+    assert 0 < int(first.headers["RateLimit-Reset"]) <= 60
+    second = app.get("/x")
+    assert second.headers["RateLimit-Remaining"] == "0"
+    refused = app.get("/x", status=429)
+    assert refused.json["error"]["code"] == "RATE_LIMITED"
+    assert set(refused.json["error"]) == {"code", "message", "request_id"}
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["RateLimit-Limit"] == "2"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert outer.environ[ERROR_CODE] == "RATE_LIMITED"
+    assert len(recording_app.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("rule", "method", "path", "applies"),
+    [
+        pytest.param(
+            Rule("1/minute", path="/auth/login"), "POST", "/auth/login", True, id="exact"
+        ),
+        pytest.param(
+            Rule("1/minute", path="/auth/login"),
+            "POST",
+            "/auth/login/",
+            False,
+            id="exact-not-below",
+        ),
+        pytest.param(Rule("1/minute", prefix="/v1/"), "GET", "/v1/a/b", True, id="prefix"),
+        pytest.param(Rule("1/minute", prefix="/v1/"), "GET", "/v2/a", False, id="prefix-other"),
+        pytest.param(
+            Rule("1/minute", regex=r"/blob$"), "GET", "/v1/a/b/1/x/blob", True, id="regex"
+        ),
+        pytest.param(
+            Rule("1/minute", regex=r"^/blob$"), "GET", "/v1/blob", False, id="regex-anchored"
+        ),
+        pytest.param(Rule("1/minute", methods=["post"]), "POST", "/x", True, id="method"),
+        pytest.param(Rule("1/minute", methods=["POST"]), "GET", "/x", False, id="other-method"),
+        pytest.param(Rule("1/minute"), "DELETE", "/anything", True, id="everything"),
+    ],
+)
+def test_rule_matching(
+    recording_app: RecordingApp, rule: Rule, method: str, path: str, applies: bool
+) -> None:
+    app = limited(recording_app, rule)
+    first = app.request(path, method=method)
+    assert ("RateLimit-Limit" in first.headers) is applies
+    app.request(path, method=method, status=429 if applies else 200)
+
+
+def test_clients_are_counted_apart_by_address(recording_app: RecordingApp) -> None:
+    app = limited(recording_app, Rule("1/minute"))
+    app.get("/x", extra_environ=addr("10.0.0.1"))
+    app.get("/x", extra_environ=addr("10.0.0.2"))
+    app.get("/x", extra_environ=addr("10.0.0.1"), status=429)
+    assert recording_app.environ[CLIENT_ADDR] == "10.0.0.2"
+
+
+def with_principal(sub: str, anonymous: bool = False) -> dict[str, Any]:
+    return {PRINCIPAL: {"sub": sub, "scopes": [], "anonymous": anonymous}}
+
+
+def test_principal_key_counts_subjects_and_falls_back_to_the_address(
+    recording_app: RecordingApp,
+) -> None:
+    app = limited(recording_app, Rule("1/minute", key="principal"))
+    app.get("/x", extra_environ=addr("10.0.0.1", **with_principal("alice")))
+    app.get("/x", extra_environ=addr("10.0.0.1", **with_principal("bob")))
+    app.get("/x", extra_environ=addr("10.0.0.9", **with_principal("alice")), status=429)
+    anonymous = with_principal("anonymous", anonymous=True)
+    app.get("/x", extra_environ=addr("10.0.0.1", **anonymous))
+    app.get("/x", extra_environ=addr("10.0.0.2", **anonymous))
+    app.get("/x", extra_environ=addr("10.0.0.1"), status=429)  # no principal: address
+
+
+def test_custom_key_and_exemption(recording_app: RecordingApp) -> None:
+    def tenant(environ: dict) -> str | None:
+        return environ.get("HTTP_X_TENANT")  # None: not limited
+
+    app = limited(recording_app, Rule("1/minute", key=tenant))
+    app.get("/x", headers={"X-Tenant": "a"})
+    app.get("/x", headers={"X-Tenant": "b"})
+    app.get("/x", headers={"X-Tenant": "a"}, status=429)
+    for _ in range(3):
+        response = app.get("/x")
+        assert "RateLimit-Limit" not in response.headers
+
+
+def test_several_limits_in_one_rule_and_the_tightest_is_reported(
+    recording_app: RecordingApp,
+) -> None:
+    app = limited(recording_app, Rule("3/minute;2/hour"))
+    response = app.get("/x")
+    assert response.headers["RateLimit-Limit"] == "2"
+    assert response.headers["RateLimit-Remaining"] == "1"
+    app.get("/x")
+    refused = app.get("/x", status=429)
+    assert refused.headers["RateLimit-Limit"] == "2"
+    assert int(refused.headers["Retry-After"]) > 60
+
+
+def test_every_matching_rule_is_charged(recording_app: RecordingApp) -> None:
+    app = limited(
+        recording_app,
+        Rule("5/minute", name="all"),
+        {"limit": "1/minute", "path": "/auth/login", "methods": ["POST"], "name": "login"},
+    )
+    login = app.post("/auth/login")
+    assert login.headers["RateLimit-Limit"] == "1"
+    app.post("/auth/login", status=429)
+    other = app.get("/v1/x")
+    assert other.headers["RateLimit-Limit"] == "5"
+    assert other.headers["RateLimit-Remaining"] == "2"
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+def test_strategies(recording_app: RecordingApp, strategy: str) -> None:
+    app = limited(recording_app, Rule("2/minute"), strategy=strategy)
+    app.get("/x")
+    app.get("/x")
+    app.get("/x", status=429)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "remote", "forwarded", "client"),
+    [
+        pytest.param([], "10.0.0.1", "1.2.3.4", "10.0.0.1", id="no-trusted-proxies"),
+        pytest.param(["10.0.0.1"], "10.0.0.2", "1.2.3.4", "10.0.0.2", id="untrusted-peer"),
+        pytest.param(["10.0.0.1"], "10.0.0.1", "1.2.3.4", "1.2.3.4", id="trusted-peer"),
+        pytest.param(["10.0.0.1"], "10.0.0.1", "6.6.6.6, 1.2.3.4", "1.2.3.4", id="spoofed-left"),
+        pytest.param(["10.0.0.0/8"], "10.0.0.1", "1.2.3.4, 10.9.9.9", "1.2.3.4", id="proxy-chain"),
+        pytest.param(
+            ["10.0.0.0/8"], "10.0.0.1", "10.1.1.1, 10.2.2.2", "10.1.1.1", id="all-trusted"
+        ),
+        pytest.param(["10.0.0.1"], "10.0.0.1", "garbage", "10.0.0.1", id="garbage-hop"),
+        pytest.param(["10.0.0.1"], "10.0.0.1", "", "10.0.0.1", id="empty-header"),
+        pytest.param(["::1"], "::1", "2001:db8::1", "2001:db8::1", id="ipv6"),
+        pytest.param(["10.0.0.1"], "10.0.0.1", " 1.2.3.4 ", "1.2.3.4", id="spaces"),
+    ],
+)
+def test_x_forwarded_for_only_from_trusted_proxies(
+    recording_app: RecordingApp, trusted: list, remote: str, forwarded: str, client: str
+) -> None:
+    app = limited(recording_app, Rule("100/minute"), trusted_proxies=trusted)
+    app.get("/x", extra_environ=addr(remote, HTTP_X_FORWARDED_FOR=forwarded))
+    assert recording_app.environ[CLIENT_ADDR] == client
+
+
+def test_a_spoofed_header_cannot_dodge_the_limit(recording_app: RecordingApp) -> None:
+    app = limited(recording_app, Rule("1/minute"), trusted_proxies=["10.0.0.1"])
+    app.get("/x", extra_environ=addr("10.0.0.1", HTTP_X_FORWARDED_FOR="9.9.9.1, 1.2.3.4"))
+    app.get(
+        "/x", extra_environ=addr("10.0.0.1", HTTP_X_FORWARDED_FOR="9.9.9.2, 1.2.3.4"), status=429
+    )
+
+
+def dead_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+
+def test_storage_failure_fails_open_and_logs(
+    recording_app: RecordingApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = limited(recording_app, Rule("1/minute"), storage=dead_redis())
+    with caplog.at_level(logging.ERROR, logger="middleware.ratelimit"):
+        app.get("/x")
+        app.get("/x")
+    assert len(recording_app.calls) == 2
+    assert "letting the request through" in caplog.text
+
+
+def test_storage_failure_fails_closed_when_asked(
+    recording_app: RecordingApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = limited(recording_app, Rule("1/minute"), storage=dead_redis(), on_storage_error="closed")
+    with caplog.at_level(logging.ERROR, logger="middleware.ratelimit"):
+        response = app.get("/x", status=503)
+    assert response.json["error"]["code"] == "RATE_LIMIT_UNAVAILABLE"
+    assert response.headers["Retry-After"] == "1"
+    assert recording_app.calls == []
+    assert "refusing the request" in caplog.text
+
+
+def test_requests_without_matching_rules_skip_the_storage(recording_app: RecordingApp) -> None:
+    app = limited(recording_app, Rule("1/minute", prefix="/v1/"), storage=dead_redis())
+    response = app.get("/health")
+    assert "RateLimit-Limit" not in response.headers
+
+
+def test_redis_storage_is_shared_between_instances(
+    redis_url: str, recording_app: RecordingApp
+) -> None:
+    """Two middlewares on one Redis behave like two processes sharing a limit."""
+    rules = [Rule("3/minute", name="shared-test")]
+    first = limited(recording_app, *rules, storage=redis_url, key_prefix="t-shared")
+    second = limited(recording_app, *rules, storage=redis_url, key_prefix="t-shared")
+    first.get("/x")
+    second.get("/x")
+    response = first.get("/x")
+    assert response.headers["RateLimit-Remaining"] == "0"
+    second.get("/x", status=429)
+    other_prefix = limited(recording_app, *rules, storage=redis_url, key_prefix="t-other")
+    other_prefix.get("/x", status=200)
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+def test_redis_strategies(redis_url: str, recording_app: RecordingApp, strategy: str) -> None:
+    app = limited(
+        recording_app, Rule("2/minute"), storage=redis_url, strategy=strategy, key_prefix=strategy
+    )
+    app.get("/x")
+    app.get("/x")
+    app.get("/x", status=429)
+
+
+CONFIG_ERRORS = [
+    pytest.param({"rules": [Rule("lots")]}, "rules\\[0\\].limit", id="bad-limit"),
+    pytest.param(
+        {"rules": [Rule("1/minute", path="/a", prefix="/b")]}, "rules\\[0\\]", id="two-matchers"
+    ),
+    pytest.param({"rules": [Rule("1/minute", regex="(")]}, "regex", id="bad-regex"),
+    pytest.param({"rules": [Rule("1/minute", path="a")]}, "path", id="relative-path"),
+    pytest.param({"rules": [Rule("1/minute", methods="GET")]}, "methods", id="methods-string"),
+    pytest.param({"rules": [Rule("1/minute", key="user")]}, "key", id="unknown-key"),
+    pytest.param(
+        {"rules": [{"limit": "1/minute", "paht": "/x"}]}, "unknown fields", id="typo-field"
+    ),
+    pytest.param({"rules": ["1/minute"]}, "rules\\[0\\]", id="rule-not-a-rule"),
+    pytest.param({"strategy": "leaky-bucket"}, "strategy", id="unknown-strategy"),
+    pytest.param({"storage": "memcache-ish://x"}, "storage", id="unknown-storage"),
+    pytest.param({"storage": 42}, "storage", id="storage-not-a-uri"),
+    pytest.param({"trusted_proxies": ["proxy.local"]}, "trusted_proxies", id="proxy-not-an-ip"),
+    pytest.param({"on_storage_error": "maybe"}, "on_storage_error", id="bad-failure-mode"),
+    pytest.param({"key_prefix": ""}, "key_prefix", id="empty-prefix"),
+]
+
+
+@pytest.mark.parametrize(("options", "named"), CONFIG_ERRORS)
+def test_bad_configuration_is_refused_naming_the_option(options: dict, named: str) -> None:
+    options = {"rules": [Rule("1/minute")], **options}
+    with pytest.raises(ValueError, match=named):
+        RateLimitMiddleware(RecordingApp(), **options)
