@@ -1,0 +1,472 @@
+"""Settings: defaults < a TOML file < environment variables < keyword arguments.
+
+Every setting has an environment variable ``GOODREPO_<NAME>`` (``allow_anon_read`` also
+answers to ``ALLOW_ANON_READ``, as in the original project). The TOML file holds the
+same names as top-level keys; its path comes from ``config_file`` or ``GOODREPO_CONFIG``.
+An empty environment variable counts as unset. Everything is validated once, at load:
+an unknown key in the file or the keyword arguments, a bad value or a contradiction
+raises :class:`~goodrepo.errors.ConfigurationError` naming each problem, the setting and
+where its value came from. Unknown ``GOODREPO_*`` variables only log a warning, since the
+environment is shared with other software.
+
+Usage::
+
+    settings = Settings.load(config_file="goodrepo.toml", port=9000)
+    settings.port            # 9000
+    settings.origins["port"] # "keyword argument port"
+    Settings.describe()      # the table docs/configuration.md is written from
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import limits
+
+from .errors import ConfigurationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "GOODREPO_"
+CONFIG_ENV = "GOODREPO_CONFIG"
+DAY = 86400
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]i?b|b)?", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
+_ONE_YEAR = 365 * DAY
+
+
+# -- value parsers: each takes a raw value (text from the environment, or a TOML or
+# -- Python value) and returns the typed value, or raises ValueError saying what it wants.
+
+
+def _text(optional: bool = False, pattern: str = r"[\x21-\x7e]{1,256}") -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not re.fullmatch(pattern, value.strip()):
+            raise ValueError(f"must be printable text without spaces, got {value!r}")
+        return value.strip()
+
+    return parse
+
+
+def _secret(min_length: int) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value) < min_length:
+            raise ValueError(f"must be a string of at least {min_length} characters")
+        return value
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"must be true or false (also 1/0, yes/no, on/off), got {value!r}")
+
+
+def _listing(item: Callable[[str], str]) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(
+                f"must be a comma-separated string or a list of strings, got {value!r}"
+            )
+        return tuple(dict.fromkeys(item(v.strip()) for v in value if v.strip()))
+
+    return parse
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as err:
+        raise ValueError(f"{text!r} is not an IP address or CIDR network") from err
+
+
+def _origin(text: str) -> str:
+    if text == "*":
+        return text
+    parts = urlsplit(text)
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(f"{text!r} is not an origin such as https://app.example.com[:port]")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def _rate(value: Any) -> str:
+    try:
+        items = limits.parse_many(value) if isinstance(value, str) else []
+    except ValueError:
+        items = []
+    if len(items) != 1 or items[0].amount < 1:
+        raise ValueError(f"must be one rate limit such as '5/minute', got {value!r}")
+    return str(value).strip()
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value.strip().lower()
+
+    return parse
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            f"must be a number of bytes, optionally with a unit (B, KB, MB, GB, TB, KiB, "
+            f"MiB, GiB, TiB), got {value!r}"
+        )
+    return int(match[1]) * _UNITS[(match[2] or "b").lower()]
+
+
+def _storage(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip().startswith(_STORAGE_SCHEMES):
+        raise ValueError(f"must start with one of {', '.join(_STORAGE_SCHEMES)}")
+    return value.strip()
+
+
+def _path(optional: bool = False, must_exist: bool = False) -> Callable[[Any], Path | None]:
+    def parse(value: Any) -> Path | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise ValueError(f"must be a path, got {value!r}")
+        path = Path(str(value).strip()).expanduser()
+        if must_exist and not path.is_file():
+            raise ValueError(f"{str(path)!r} is not a readable file")
+        return path
+
+    return parse
+
+
+def _hsts(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()):
+        return _ONE_YEAR if _boolean(value) else 0
+    return _integer(0, 2 * _ONE_YEAR)(value)
+
+
+def _setting(
+    default: Any,
+    parse: Callable[[Any], Any],
+    doc: str,
+    *,
+    env: tuple[str, ...] = (),
+    secret: bool = False,
+) -> Any:
+    meta = {"parse": parse, "doc": doc, "env": env, "secret": secret}
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every setting of a goodrepo server, validated; see :meth:`describe`."""
+
+    data: Path = _setting("./data", _path(), "Data directory: the KV store and blobs.")
+    admin_password: str | None = _setting(
+        None,
+        _secret(8),
+        "Password of the `admin` user created on a fresh data directory; when unset a "
+        "password is generated and printed once. Must pass the password policy.",
+        secret=True,
+    )
+    allow_anon_read: bool = _setting(
+        False,
+        _boolean,
+        "Let requests without a token read artifacts (GET/HEAD of read endpoints).",
+        env=("GOODREPO_ALLOW_ANON_READ", "ALLOW_ANON_READ"),
+    )
+    cors_origins: tuple[str, ...] = _setting(
+        (),
+        _listing(_origin),
+        'Origins allowed by CORS, comma-separated; "*" alone allows any. Empty: CORS closed.',
+    )
+    login_rate_limit: str = _setting(
+        "5/minute",
+        _rate,
+        "Login attempts per client address, and failed logins per username.",
+    )
+    access_token_ttl: int = _setting(
+        900, _integer(60, DAY), "Lifetime of access tokens, in seconds (60 to 86400)."
+    )
+    refresh_token_ttl: int = _setting(
+        30 * DAY,
+        _integer(300, _ONE_YEAR),
+        "Lifetime of a refresh token, in seconds; each use starts a new period.",
+    )
+    api_token_max_ttl: int = _setting(
+        _ONE_YEAR,
+        _integer(3600, 2 * _ONE_YEAR),
+        "Longest lifetime an API token may be created with, in seconds.",
+    )
+    jwt_issuer: str | None = _setting(
+        None, _text(optional=True), "`iss` claim of issued tokens, required on verification."
+    )
+    jwt_audience: str | None = _setting(
+        None, _text(optional=True), "`aud` claim of issued tokens, required on verification."
+    )
+    jwt_leeway: int = _setting(
+        30, _integer(0, 300), "Clock skew tolerated when checking token dates, in seconds."
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        _listing(_network),
+        "Addresses or CIDR networks of reverse proxies whose X-Forwarded-For is believed.",
+    )
+    ratelimit_storage: str = _setting(
+        "memory://",
+        _storage,
+        "Storage of rate-limit counters: memory:// (one process) or a Redis URL "
+        "(redis://, rediss://, redis+sentinel://, redis+cluster://) shared by processes.",
+        secret=True,  # a Redis URL may carry a password
+    )
+    min_free_disk: int = _setting(
+        "512MiB",
+        _size,
+        "Readiness fails when the data directory's disk has less free space; bytes or "
+        "with a unit (512MiB, 2GB). 0 disables the check.",
+    )
+    log_format: str = _setting("json", _choice("json", "text"), "Log lines as json or text.")
+    log_level: str = _setting(
+        "info", _choice("debug", "info", "warning", "error"), "Lowest level that is logged."
+    )
+    host: str = _setting("127.0.0.1", _text(), "Address `goodrepo serve` listens on.")
+    port: int = _setting(8080, _integer(0, 65535), "Port `goodrepo serve` listens on (0: any).")
+    threads: int = _setting(8, _integer(1, 256), "Worker threads of `goodrepo serve`.")
+    channel_timeout: int = _setting(
+        120, _integer(1, 3600), "Seconds an idle connection is kept open by `goodrepo serve`."
+    )
+    schema_file: Path | None = _setting(
+        None,
+        _path(optional=True, must_exist=True),
+        "JSON schema file that seeds a fresh data directory (default: the built-in schema).",
+    )
+    password_min_length: int = _setting(
+        12, _integer(8, 256), "Minimum password length (never below 8)."
+    )
+    metrics_allow: tuple[str, ...] = _setting(
+        (),
+        _listing(_network),
+        "Addresses or CIDR networks that may read /metrics without a token.",
+    )
+    metrics_token: str | None = _setting(
+        None,
+        _secret(16),
+        "A bearer token (16+ characters) that may read /metrics without the admin scope.",
+        secret=True,
+    )
+    hsts: int = _setting(
+        0,
+        _hsts,
+        "Strict-Transport-Security max-age in seconds; true means one year, 0 or false "
+        "sends none. Set it only when clients reach goodrepo over HTTPS.",
+    )
+    origins: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for f in _fields():
+            where = self.origins.get(f.name, "default")
+            try:
+                object.__setattr__(self, f.name, f.metadata["parse"](getattr(self, f.name)))
+            except ValueError as err:
+                problems.append(f"{f.name}: {err} (from {where})")
+        if not problems:
+            problems = self._contradictions()
+        if problems:
+            raise ConfigurationError("\n".join(problems))
+        if {"0.0.0.0/0", "::/0"} & set(self.trusted_proxies):
+            log.warning("trusted_proxies trusts every address: any client can forge its IP")
+
+    def _contradictions(self) -> list[str]:
+        from .accounts.passwords import PasswordPolicy
+
+        problems = []
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            problems.append('cors_origins: "*" allows any origin and cannot be combined')
+        if self.refresh_token_ttl <= self.access_token_ttl:
+            problems.append("refresh_token_ttl: must be longer than access_token_ttl")
+        if self.jwt_leeway >= self.access_token_ttl:
+            problems.append("jwt_leeway: must be shorter than access_token_ttl")
+        if self.api_token_max_ttl < self.access_token_ttl:
+            problems.append("api_token_max_ttl: must not be shorter than access_token_ttl")
+        if self.admin_password is not None:
+            policy = PasswordPolicy(min_length=self.password_min_length)
+            reasons = policy.check(self.admin_password, "admin")
+            if reasons:
+                where = self.origins.get("admin_password", "default")
+                problems.append(
+                    f"admin_password: rejected by the password policy: {'; '.join(reasons)} "
+                    f"(from {where})"
+                )
+        return problems
+
+    # -- loading -----------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Merge defaults < TOML file < environment < ``overrides`` and validate.
+
+        ``config_file`` defaults to ``$GOODREPO_CONFIG``; ``env`` to ``os.environ``.
+        Overrides whose value is None are ignored (convenient for unset CLI options).
+        Raises :class:`~goodrepo.errors.ConfigurationError` listing every problem.
+        """
+        env = os.environ if env is None else env
+        known = {f.name: f for f in _fields()}
+        values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        problems: list[str] = []
+
+        def unknown(key: str, where: str) -> str:
+            return f"{key}: unknown setting (from {where}); valid: {', '.join(known)}"
+
+        path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
+        if path is not None:
+            where = f"config file {os.fspath(path)}"
+            for key, value in _read_toml(path).items():
+                if key in known:
+                    values[key], origins[key] = value, where
+                else:
+                    problems.append(unknown(key, where))
+        for f in known.values():
+            names = f.metadata["env"] or (ENV_PREFIX + f.name.upper(),)
+            found = [(n, env[n]) for n in names if env.get(n, "").strip()]
+            if len({_try(f.metadata["parse"], v) for _, v in found}) > 1:
+                problems.append(
+                    f"{f.name}: {' and '.join(n for n, _ in found)} disagree; set only one"
+                )
+            elif found:
+                values[f.name], origins[f.name] = (
+                    found[0][1],
+                    f"environment variable {found[0][0]}",
+                )
+        env_names = {n for f in known.values() for n in f.metadata["env"]}
+        env_names |= {ENV_PREFIX + name.upper() for name in known} | {CONFIG_ENV}
+        for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in env_names):
+            log.warning("ignoring unknown environment variable %s", name)
+        for key, value in overrides.items():
+            if key not in known:
+                problems.append(unknown(key, f"keyword argument {key}"))
+            elif value is not None:
+                values[key], origins[key] = value, f"keyword argument {key}"
+        if problems:
+            raise ConfigurationError("\n".join(problems))
+        return cls(**values, origins=origins)
+
+    # -- introspection -----------------------------------------------------------------
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """One row per setting: ``name``, ``env`` (list), ``default`` (text), ``doc``."""
+        return [
+            {
+                "name": f.name,
+                "env": list(f.metadata["env"] or (ENV_PREFIX + f.name.upper(),)),
+                "default": _render(f.default),
+                "doc": f.metadata["doc"],
+                "secret": f.metadata["secret"],
+            }
+            for f in _fields()
+        ]
+
+    def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """The values, JSON-friendly; secrets shown as ``"***"`` unless ``redact=False``."""
+        out = {}
+        for f in _fields():
+            value = getattr(self, f.name)
+            if redact and f.metadata["secret"] and value is not None:
+                value = _redact_url(value) if f.name == "ratelimit_storage" else "***"
+            out[f.name] = list(value) if isinstance(value, tuple) else _plain(value)
+        return out
+
+
+def _fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if "parse" in f.metadata]
+
+
+def _try(parse: Callable[[Any], Any], value: str) -> Any:
+    try:
+        return parse(value)
+    except ValueError:
+        return value
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise ConfigurationError(f"config file {os.fspath(path)}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigurationError(f"config file {os.fspath(path)}: invalid TOML: {err}") from err
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _render(value: Any) -> str:
+    if value is None or value == ():
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
