@@ -178,7 +178,11 @@ class StagedBlob:
         """Raise ``DigestMismatch`` (after discarding) unless the digest is as expected."""
         if expected_sha256_hex is None:
             return
-        expected = digest_hex(expected_sha256_hex.lower())
+        try:
+            expected = digest_hex(expected_sha256_hex.lower())
+        except ValidationError:
+            self.discard()
+            raise
         if expected != self.hex:
             self.discard()
             raise DigestMismatch(details={"expected": f"sha256:{expected}", "actual": self.digest})
@@ -191,7 +195,10 @@ class StagedBlob:
             raise StoreError("a discarded blob cannot be committed")
         final = self.store.path_for(self.hex)
         try:
-            existing = final.stat().st_size if final.exists() else None
+            try:
+                existing: int | None = final.stat().st_size
+            except FileNotFoundError:
+                existing = None
             if existing == self.size:
                 _unlink_quiet(self.path)
             else:

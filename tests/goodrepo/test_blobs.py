@@ -143,6 +143,12 @@ def test_digest_mismatch_leaves_nothing(store: BlobStore) -> None:
     assert all_files(store.root) == []
 
 
+def test_malformed_expected_digest_leaves_nothing(store: BlobStore) -> None:
+    with pytest.raises(ValidationError):
+        store.put_stream(io.BytesIO(HELLO), expected_sha256_hex="not-a-digest")
+    assert all_files(store.root) == []
+
+
 def test_expected_digest_accepts_upper_case(store: BlobStore) -> None:
     staged = store.put_stream(io.BytesIO(HELLO), expected_sha256_hex=HELLO_HEX.upper())
     assert staged.commit() == f"sha256:{HELLO_HEX}"
