@@ -63,6 +63,7 @@ def _json(args: dict[str, Any], rt: Runtime) -> Runner:
     def run(ctx: RequestContext) -> Response:
         if status == 204:
             response = Response(status=204)
+            del response.headers["Content-Type"]
         else:
             text = json.dumps(body.render(ctx), separators=(",", ":"))
             response = Response(text, status=status, mimetype="application/json")

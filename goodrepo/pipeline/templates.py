@@ -62,7 +62,7 @@ def _walk(value: Any, steps: tuple[str | int, ...]) -> Any:
 
 def _steps(path: str) -> tuple[str | int, ...]:
     return tuple(
-        int(index) if index is not None else name for name, index in _STEP.findall(path)
+        int(index) if index else name for name, index in _STEP.findall(path)
     )
 
 

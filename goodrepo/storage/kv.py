@@ -152,10 +152,16 @@ class KV:
         if end is not None:
             ropts.set_iterate_upper_bound(end)
         it = self._db.iter(ropts)
+        # The bounds spare RocksDB work; the explicit checks below keep the contract even
+        # where an iterator does not honour them (reverse seeks).
         if reverse:
             if start is not None:
                 it.seek_for_prev(start)
                 if it.valid() and bytes(it.key()) == start:
+                    it.prev()
+            elif end is not None:
+                it.seek_for_prev(end)
+                if it.valid() and bytes(it.key()) == end:
                     it.prev()
             else:
                 it.seek_to_last()
@@ -168,7 +174,10 @@ class KV:
                 it.seek(prefix)
         count = 0
         while it.valid() and (limit is None or count < limit):
-            yield bytes(it.key()), bytes(it.value())
+            key = bytes(it.key())
+            if not key.startswith(prefix):
+                break
+            yield key, bytes(it.value())
             count += 1
             if reverse:
                 it.prev()

@@ -1,0 +1,149 @@
+"""The KV store's transactions and logs, and the persisted version index."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from goodrepo.errors import InvalidRequest
+from goodrepo.storage.events import EventLog
+from goodrepo.storage.index import VersionIndex
+from goodrepo.storage.kv import KV
+from goodrepo.versions import get_scheme
+
+
+@pytest.fixture
+def kv(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = KV(tmp_path / "kv")
+    yield store
+    store.close()
+
+
+def test_transaction_commits_atomically_or_not_at_all(kv: KV) -> None:
+    with kv.transaction() as txn:
+        txn.put_json(b"d:a", 1)
+        txn.put_json(b"d:b", 2)
+        assert txn.get_json(b"d:a") == 1  # reads its own writes
+        assert kv.get_json(b"d:a") is None  # nobody else sees them yet
+    assert (kv.get_json(b"d:a"), kv.get_json(b"d:b")) == (1, 2)
+    with pytest.raises(RuntimeError), kv.transaction() as txn:
+        txn.put_json(b"d:c", 3)
+        raise RuntimeError("boom")
+    assert kv.get_json(b"d:c") is None
+
+
+def test_cas_put_has_one_winner_under_threads(kv: KV) -> None:
+    winners: list[int] = []
+    barrier = threading.Barrier(50)
+
+    def contender(i: int) -> None:
+        barrier.wait()
+        with kv.transaction() as txn:
+            if txn.cas_put_json(b"d:x", {"by": i}) is None:
+                winners.append(i)
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert kv.get_json(b"d:x") == {"by": winners[0]}
+
+
+def test_scan_bounds_and_direction(kv: KV) -> None:
+    with kv.transaction() as txn:
+        for k in [b"p:a", b"p:b", b"p:c", b"q:a"]:
+            txn.put_json(k, k.decode())
+    assert [k for k, _ in kv.scan(b"p:")] == [b"p:a", b"p:b", b"p:c"]
+    assert [k for k, _ in kv.scan(b"p:", reverse=True, limit=2)] == [b"p:c", b"p:b"]
+    assert [k for k, _ in kv.scan(b"p:", start=b"p:a")] == [b"p:b", b"p:c"]
+    assert [k for k, _ in kv.scan(b"p:", start=b"p:c", reverse=True)] == [b"p:b", b"p:a"]
+
+
+def test_event_seq_survives_restart(tmp_path: Path) -> None:
+    kv = KV(tmp_path / "kv")
+    log = EventLog(kv)
+    for i in range(3):
+        with kv.transaction() as txn:
+            log.emit(txn, "x", {"i": i})
+    kv.close()
+    kv = KV(tmp_path / "kv")
+    log = EventLog(kv)
+    with kv.transaction() as txn:
+        log.emit(txn, "x", {"i": 3})
+    events, nxt = log.read(0, 10)
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert nxt == 4 and log.last_seq() == 4
+    assert len({e["event_id"] for e in events}) == 4
+    assert log.read(2, 1)[0][0]["seq"] == 3
+    kv.close()
+
+
+def test_event_seq_is_in_commit_order_under_threads(kv: KV) -> None:
+    log = EventLog(kv)
+
+    def writer(i: int) -> None:
+        for j in range(20):
+            with kv.transaction() as txn:
+                txn.put_json(f"d:{i}:{j}".encode(), j)
+                log.emit(txn, "x", {"i": i, "j": j})
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events, _ = log.read(0, 1000)
+    assert [e["seq"] for e in events] == list(range(1, 161))
+
+
+def _row(name: str, version: str, variant: str = "linux") -> dict[str, str]:
+    return {"namespace": "acme", "name": name, "version": version, "variant": variant}
+
+
+def test_version_index(kv: KV) -> None:
+    idx = VersionIndex(kv, "versions", get_scheme("semver"), ["namespace", "name"])
+    with kv.transaction() as txn:
+        for v in ["1.0.0", "1.10.0", "1.9.0", "2.0.0-rc.1"]:
+            idx.put(txn, _row("app", v))
+        idx.put(txn, _row("app", "1.9.0", "windows"))
+        idx.put(txn, _row("lib", "0.1.0"))
+    assert idx.latest(["acme", "app"])["version"] == "1.10.0"
+    assert idx.latest(["acme", "app"], prerelease=True)["version"] == "2.0.0-rc.1"
+    assert idx.latest(["acme", "app"], variant="windows")["version"] == "1.9.0"
+    assert idx.latest(["acme", "nope"]) is None
+    rows, nxt = idx.versions(["acme", "app"], limit=3)
+    assert [(r["version"], r["variant"]) for r in rows] == [
+        ("2.0.0-rc.1", "linux"), ("1.10.0", "linux"), ("1.9.0", "windows")
+    ]
+    rows, nxt = idx.versions(["acme", "app"], limit=3, cursor=nxt)
+    assert [(r["version"], r["variant"]) for r in rows] == [("1.9.0", "linux"), ("1.0.0", "linux")]
+    assert nxt is None
+    assert idx.count(["acme", "app"]) == 5
+    assert idx.groups(["acme"], limit=10) == ([("app", 5), ("lib", 1)], None)
+    assert idx.groups([], limit=10) == ([("acme", 2)], None)
+    assert idx.groups(["acme"], limit=10, name_prefix="l") == ([("lib", 1)], None)
+    page, cursor = idx.groups(["acme"], limit=1)
+    assert page == [("app", 5)]
+    assert idx.groups(["acme"], limit=1, cursor=cursor) == ([("lib", 1)], None)
+
+
+def test_index_delete_updates_counts(kv: KV) -> None:
+    idx = VersionIndex(kv, "versions", get_scheme("semver"), ["namespace", "name"])
+    with kv.transaction() as txn:
+        idx.put(txn, _row("app", "1.0.0"))
+        assert idx.put(txn, _row("app", "1.0.0")) is False  # replacing is not new
+    with kv.transaction() as txn:
+        assert idx.delete(txn, _row("app", "1.0.0")) is True
+        assert idx.delete(txn, _row("app", "1.0.0")) is False
+    assert idx.latest(["acme", "app"]) is None
+    assert idx.groups([], limit=10) == ([], None)
+
+
+def test_bad_cursor(kv: KV) -> None:
+    idx = VersionIndex(kv, "versions", get_scheme("semver"), ["namespace", "name"])
+    with pytest.raises(InvalidRequest):
+        idx.versions(["acme", "app"], limit=1, cursor="***")
