@@ -20,6 +20,7 @@ from wsgiref.util import setup_testing_defaults
 
 import jwt
 from cryptography.hazmat.primitives import serialization
+from waitress.channel import HTTPChannel
 from waitress.server import create_server
 
 from middleware.keys import ERROR_CODE, ROUTE
@@ -136,12 +137,15 @@ def serve(app: Any, *, threads: int = 8) -> Iterator[tuple[str, int]]:
     try:
         yield "127.0.0.1", int(server.effective_port)
     finally:
-        # Close every channel (listening socket, trigger, connections): the loop ends
-        # when its socket map is empty; then stop the worker threads.
+        # Let the worker threads finish their tasks first (a task pulls the trigger when
+        # it ends), then close every channel: the loop ends when its socket map is empty.
+        server.task_dispatcher.shutdown(timeout=10)
         while server._map:
             for channel in list(server._map.values()):
-                channel.handle_close()
-        server.task_dispatcher.shutdown()
+                if isinstance(channel, HTTPChannel):
+                    channel.handle_close()  # also drops its buffers
+                else:
+                    channel.close()
         thread.join(timeout=10)
 
 
