@@ -105,7 +105,7 @@ class CoreApp:
             endpoint, values = adapter.match()
             route = runtime.routes[endpoint]
             environ[ROUTE] = route.path
-            ctx = RequestContext(runtime, environ, values)
+            ctx = RequestContext(runtime, environ, dict(values))
             response = route.run(ctx)
         except GoodrepoError as err:
             response = error_response(err, environ)

@@ -168,7 +168,7 @@ class Repository:
             path=path,
             method=method or route.method,
             query_string=query,
-            headers=headers,
+            headers=list((headers or {}).items()),
             json=json_body,
             input_stream=io.BytesIO(body) if isinstance(body, bytes) else body,
             content_length=len(body) if isinstance(body, bytes) else content_length,
@@ -185,7 +185,9 @@ class Repository:
         response = Response.from_app(CoreApp(self), environ)
         if response.status_code >= 400:
             data = json.loads(response.get_data())["error"]
-            raise error_for(data["code"], response.status_code, data["message"], data.get("details"))
+            raise error_for(
+                data["code"], response.status_code, data["message"], data.get("details")
+            )
         return response
 
     def publish(
@@ -202,12 +204,21 @@ class Repository:
         """Publish bytes, a file path or a binary stream; returns ``{digest, size}``."""
         values = {"namespace": namespace, "name": name, "version": version, "variant": variant}
         headers = {"X-Checksum-Sha256": sha256} if sha256 else None
-        principal = {"sub": by, "scopes": ["admin"], "token_id": None, "claims": {}}
+        principal: dict[str, Any] = {
+            "sub": by,
+            "scopes": ["admin"],
+            "token_id": None,
+            "claims": {},
+        }
         if isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
                 response = self.call(
-                    "publish_blob", values, body=fh, content_length=size, headers=headers,
+                    "publish_blob",
+                    values,
+                    body=fh,
+                    content_length=size,
+                    headers=headers,
                     principal=principal,
                 )
         elif isinstance(source, bytes):
@@ -217,7 +228,11 @@ class Repository:
         else:
             length = _remaining(source)
             response = self.call(
-                "publish_blob", values, body=source, content_length=length, headers=headers,
+                "publish_blob",
+                values,
+                body=source,
+                content_length=length,
+                headers=headers,
                 principal=principal,
             )
         data = json.loads(response.get_data())
@@ -226,7 +241,7 @@ class Repository:
     def metadata(self, namespace: str, name: str, version: str, variant: str) -> dict[str, Any]:
         """The stored metadata of one artifact; raises NotFound."""
         values = {"namespace": namespace, "name": name, "version": version, "variant": variant}
-        return json.loads(self.call("get_artifact", values).get_data())  # type: ignore[no-any-return]
+        return json.loads(self.call("get_artifact", values).get_data())
 
     def latest(
         self,
@@ -246,10 +261,17 @@ class Repository:
             if err.code == "NOT_FOUND":
                 return None
             raise
-        return json.loads(response.get_data())  # type: ignore[no-any-return]
+        return json.loads(response.get_data())
 
     def tag(
-        self, namespace: str, name: str, tag: str, version: str, variant: str, *, by: str = "system"
+        self,
+        namespace: str,
+        name: str,
+        tag: str,
+        version: str,
+        variant: str,
+        *,
+        by: str = "system",
     ) -> None:
         """Point ``tag`` at an artifact (subject to the ``mutable_tags`` feature)."""
         self.call(

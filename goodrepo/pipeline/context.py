@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Request
 
-from middleware.keys import PRINCIPAL
+from middleware.keys import METRICS, PRINCIPAL
 
 if TYPE_CHECKING:
     from ..storage.blobs import StagedBlob
@@ -43,6 +43,12 @@ class RequestContext:
     def principal(self) -> dict[str, Any]:
         """The authenticated principal the auth middleware put in the environ (or {})."""
         return self.environ.get(PRINCIPAL) or {}
+
+    def count(self, name: str, amount: float = 1) -> None:
+        """Add to an application counter of the metrics middleware, when it is there."""
+        recorder = self.environ.get(METRICS)
+        if recorder is not None and name in recorder.names:
+            recorder.inc(name, amount)
 
     def set(self, name: str, value: Any) -> None:
         """Set pipeline variable ``name``."""

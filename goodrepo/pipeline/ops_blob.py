@@ -53,6 +53,7 @@ def _blob_verify(args: dict[str, Any], rt: Runtime) -> Runner:
         staged.verify(expected_digest_from_environ(ctx.environ))
         staged.commit()
         del ctx.staged[name]
+        ctx.count("blob_bytes_in", staged.size)
         ctx.vars[name]["verified"] = True
 
     return run

@@ -101,9 +101,8 @@ def _bytes(args: dict[str, Any], rt: Runtime) -> Runner:
         response = blob_response(
             ctx.environ, store, digest.render(ctx), filename=filename.render(ctx)
         )
-        recorder = ctx.environ.get("goodrepo.metrics")
-        if recorder is not None and ctx.request.method == "GET":
-            recorder.inc("blob_bytes_out", response.content_length or 0)
+        if ctx.request.method == "GET" and response.status_code in (200, 206):
+            ctx.count("blob_bytes_out", response.content_length or 0)
         return response
 
     return run

@@ -332,9 +332,7 @@ def _cache_get(args: dict[str, Any], rt: Runtime) -> Runner:
         if hit:
             ctx.cache_hits.add(k)
             ctx.set(out, value)
-            recorder = ctx.environ.get("goodrepo.metrics")
-            if recorder is not None:
-                recorder.inc("cache_hits")
+            ctx.count("response_cache_hits")
         else:
             ctx.cache_tokens[k] = token
 
@@ -377,6 +375,9 @@ def _cache_invalidate(args: dict[str, Any], rt: Runtime) -> Runner:
 
 # -- events ---------------------------------------------------------------------------
 
+# Application counters of the metrics middleware bumped when an event commits.
+EVENT_COUNTERS = {"artifact.published": "publishes"}
+
 
 @op(
     "emit.event",
@@ -387,11 +388,15 @@ def _cache_invalidate(args: dict[str, Any], rt: Runtime) -> Runner:
 def _emit(args: dict[str, Any], rt: Runtime) -> Runner:
     type_ = args["type"]
     payload = compile_value(args["payload"])
+    counter = EVENT_COUNTERS.get(type_)
 
     def run(ctx: RequestContext) -> None:
         body = payload.render(ctx)
         if not isinstance(body, dict):
             raise InvalidRequest("an event payload must be an object")
-        rt.events.emit(_txn(ctx, "emit.event"), type_, body)
+        txn = _txn(ctx, "emit.event")
+        rt.events.emit(txn, type_, body)
+        if counter is not None:
+            txn.after_commit(lambda: ctx.count(counter))
 
     return run

@@ -61,9 +61,7 @@ def _walk(value: Any, steps: tuple[str | int, ...]) -> Any:
 
 
 def _steps(path: str) -> tuple[str | int, ...]:
-    return tuple(
-        int(index) if index else name for name, index in _STEP.findall(path)
-    )
+    return tuple(int(index) if index else name for name, index in _STEP.findall(path))
 
 
 @dataclass
@@ -184,7 +182,7 @@ def compile_condition(spec: Any) -> Template:
         return out
     if not isinstance(spec, dict) or len(spec) != 1:
         raise TemplateError(f"a condition is an object with one of {', '.join(CONDITIONS)}")
-    (kind, arg), = spec.items()
+    ((kind, arg),) = spec.items()
     if kind in ("is_null", "is_not_null", "is_empty"):
         t = compile_value(arg)
         test = {

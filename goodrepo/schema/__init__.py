@@ -82,7 +82,7 @@ def validate(schema: Any) -> dict[str, Any]:
     problems = problems_of(schema)
     if problems:
         raise InvalidConfig(problems)
-    return schema  # type: ignore[no-any-return]
+    return schema
 
 
 def default_schema() -> dict[str, Any]:

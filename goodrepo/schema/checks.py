@@ -190,7 +190,9 @@ def _check_routes(schema: dict[str, Any], problems: Problems) -> None:
         if bad or len(set(params)) != len(params):
             problems.add(f"{path}.path", "path placeholders must be unique {identifiers}")
             continue
-        rules.append(Rule(rule_path(route["path"]), endpoint=route["id"], methods=[route["method"]]))
+        rules.append(
+            Rule(rule_path(route["path"]), endpoint=route["id"], methods=[route["method"]])
+        )
         _check_pipeline(schema, route, set(params), path, problems)
     try:
         Map(rules)
@@ -215,7 +217,9 @@ def _check_arg(kind: str, value: Any) -> str | None:
     ok = {
         "name": isinstance(value, str) and bool(value),
         "var": isinstance(value, str) and bool(_IDENT.fullmatch(value)),
-        "varref": isinstance(value, str) and value.startswith("$") and bool(_IDENT.fullmatch(value[1:])),
+        "varref": isinstance(value, str)
+        and value.startswith("$")
+        and bool(_IDENT.fullmatch(value[1:])),
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -257,8 +261,10 @@ def _check_pipeline(
         arg_ok = True
         for key in args:
             if key not in spec.args:
-                problems.add(f"{where}.{key}", f"unknown argument of {name}; known: "
-                             f"{', '.join(sorted(spec.args)) or 'none'}")
+                problems.add(
+                    f"{where}.{key}",
+                    f"unknown argument of {name}; known: {', '.join(sorted(spec.args)) or 'none'}",
+                )
                 arg_ok = False
         for key, arg in spec.args.items():
             if key not in args:
@@ -274,7 +280,9 @@ def _check_pipeline(
                 problems.add(f"{where}.{key}", f"unknown index {args[key]!r}")
                 arg_ok = False
             elif arg.ref and arg.ref != "index" and not _ref_exists(schema, arg.ref, args[key]):
-                problems.add(f"{where}.{key}", f"unknown {arg.ref.replace('_', ' ')} {args[key]!r}")
+                problems.add(
+                    f"{where}.{key}", f"unknown {arg.ref.replace('_', ' ')} {args[key]!r}"
+                )
                 arg_ok = False
         reads_vars: set[str] = set()
         reads_fields: set[str] = set()
@@ -289,12 +297,15 @@ def _check_pipeline(
         except TemplateError as err:
             problems.add(where, f"bad template or condition: {err}")
         if arg_ok and "document" in args and args["document"] in documents:
-            key_fields = _IDENT.findall(" ".join(_PLACEHOLDER.findall(documents[args["document"]]["key"])))
+            key_fields = _IDENT.findall(
+                " ".join(_PLACEHOLDER.findall(documents[args["document"]]["key"]))
+            )
             if name == "kv.scan":
                 key_fields = key_fields[: len(args.get("fields", []))]
                 if args.get("fields") != key_fields:
                     problems.add(f"{where}.fields", "must be the leading fields of the key")
-            overrides = args.get("fields") if isinstance(args.get("fields"), dict) else {}
+            raw_fields = args.get("fields")
+            overrides: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
             reads_fields |= {f for f in key_fields if f not in overrides}
         if name == "blob.verify_digest" and isinstance(args.get("blob"), str):
             reads_vars.add(args["blob"].lstrip("$"))
@@ -320,8 +331,10 @@ def _check_pipeline(
             if in_txn:
                 problems.add(where, "txn.begin inside an open transaction")
             if unverified:
-                problems.add(where, "a blob.put must be followed by blob.verify_digest before "
-                             "the transaction")
+                problems.add(
+                    where,
+                    "a blob.put must be followed by blob.verify_digest before the transaction",
+                )
             in_txn = True
         elif name in ("txn.commit", "txn.abort"):
             if not in_txn:
@@ -360,17 +373,23 @@ def _check_invariants(schema: dict[str, Any], problems: Problems) -> None:
             for r, route in enumerate(schema["routes"]):
                 ops = [s["op"] for s in route["pipeline"]]
                 if "txn.commit" in ops and "emit.event" not in ops:
-                    problems.add(f"$.routes[{r}]", f"invariant {inv['id']}: a write that emits "
-                                 "no event")
+                    problems.add(
+                        f"$.routes[{r}]", f"invariant {inv['id']}: a write that emits no event"
+                    )
         elif kind == "scoped_routes":
             for r, route in enumerate(schema["routes"]):
                 first = route["pipeline"][0]["op"] if route["pipeline"] else None
                 if not route.get("public") and first != "auth.require_scopes":
-                    problems.add(f"$.routes[{r}].pipeline[0]", f"invariant {inv['id']}: the "
-                                 "first op must be auth.require_scopes (or mark the route public)")
+                    problems.add(
+                        f"$.routes[{r}].pipeline[0]",
+                        f"invariant {inv['id']}: the "
+                        "first op must be auth.require_scopes (or mark the route public)",
+                    )
 
 
-def _write_once(schema: dict[str, Any], inv: dict[str, Any], path: str, problems: Problems) -> None:
+def _write_once(
+    schema: dict[str, Any], inv: dict[str, Any], path: str, problems: Problems
+) -> None:
     doc = inv.get("document")
     if doc not in schema["storage"]["documents"]:
         problems.add(f"{path}.document", f"unknown document {doc!r}")
@@ -388,5 +407,8 @@ def _write_once(schema: dict[str, Any], inv: dict[str, Any], path: str, problems
             elif step["op"] == "kv.cas_put" and (
                 step.get("if_absent", True) is not True or step.get("unless_feature") != feature
             ):
-                problems.add(where, f"invariant {inv['id']}: {doc} must be written if_absent"
-                             + (f" unless {feature}" if feature else ""))
+                problems.add(
+                    where,
+                    f"invariant {inv['id']}: {doc} must be written if_absent"
+                    + (f" unless {feature}" if feature else ""),
+                )

@@ -89,8 +89,9 @@ def test_announced_digest(client: webtest.TestApp, header: Any, repo: Repository
     body = b"checked"
     publish(client, COORDS, body, **header(hashlib.sha256(body).digest()))
     other = b"tampered"
-    bad = publish(client, "acme/app/2.0.0/linux", other, status=400,
-                  **header(hashlib.sha256(body).digest()))
+    bad = publish(
+        client, "acme/app/2.0.0/linux", other, status=400, **header(hashlib.sha256(body).digest())
+    )
     assert bad.json["error"]["code"] == "DIGEST_MISMATCH"
     client.get("/v1/acme/app/2.0.0/linux", status=404)
     files = sorted(p.name for p in (repo.data_dir / "blobs").rglob("*") if p.is_file())
@@ -111,7 +112,10 @@ def test_blob_too_large(tmp_path: Any) -> None:
 
 def test_upload_without_length_is_refused(client: webtest.TestApp) -> None:
     res = client.request(
-        f"/v1/{COORDS}/blob", method="PUT", body=b"", headers={"Content-Length": ""},
+        f"/v1/{COORDS}/blob",
+        method="PUT",
+        body=b"",
+        headers={"Content-Length": ""},
         expect_errors=True,
     )
     # webtest always sends a length; an empty body publishes an empty blob
@@ -203,10 +207,17 @@ def test_versions_newest_first_and_paginated(client: webtest.TestApp) -> None:
     res = client.get("/v1/acme/app/versions?limit=4")
     page = res.json
     assert [r["version"] for r in page["versions"]] == [
-        "2.0.0-alpha", "1.10.0", "1.10.0-rc.1", "1.9.0"
+        "2.0.0-alpha",
+        "1.10.0",
+        "1.10.0-rc.1",
+        "1.9.0",
     ]
     assert set(page["versions"][0]) == {
-        "version", "variant", "blob_digest", "blob_size", "created_at"
+        "version",
+        "variant",
+        "blob_digest",
+        "blob_size",
+        "created_at",
     }
     assert page["next_cursor"]
     assert 'rel="next"' in res.headers["Link"]

@@ -23,8 +23,14 @@ def test_put_get_move(client: webtest.TestApp, repo: Repository) -> None:
     tag = client.get(TAG).json
     assert tag["target_key"] == "acme/app/1.0.0/linux"
     assert tag["updated_by"] == "alice"
-    assert set(tag) == {"tag", "target_version", "target_variant", "target_key", "updated_at",
-                        "updated_by"}
+    assert set(tag) == {
+        "tag",
+        "target_version",
+        "target_variant",
+        "target_key",
+        "updated_at",
+        "updated_by",
+    }
     client.put_json(TAG, {"target_version": "2.0.0", "target_variant": "LINUX"})
     assert client.get(TAG).json["target_version"] == "2.0.0"
     moves = [e for e in repo.events.read(0, 100)[0] if e["type"] == "tag.moved"]
@@ -77,8 +83,9 @@ def test_conditional_moves(client: webtest.TestApp) -> None:
 def test_list_and_delete(client: webtest.TestApp) -> None:
     _setup(client)
     for t in ["a", "b", "c"]:
-        client.put_json(f"/v1/acme/app/tags/{t}", {"target_version": "1.0.0",
-                                                   "target_variant": "linux"})
+        client.put_json(
+            f"/v1/acme/app/tags/{t}", {"target_version": "1.0.0", "target_variant": "linux"}
+        )
     page = client.get("/v1/acme/app/tags?limit=2").json
     assert [t["tag"] for t in page["tags"]] == ["a", "b"]
     rest = client.get(f"/v1/acme/app/tags?limit=2&cursor={page['next_cursor']}").json

@@ -117,7 +117,9 @@ def test_version_index(kv: KV) -> None:
     assert idx.latest(["acme", "nope"]) is None
     rows, nxt = idx.versions(["acme", "app"], limit=3)
     assert [(r["version"], r["variant"]) for r in rows] == [
-        ("2.0.0-rc.1", "linux"), ("1.10.0", "linux"), ("1.9.0", "windows")
+        ("2.0.0-rc.1", "linux"),
+        ("1.10.0", "linux"),
+        ("1.9.0", "windows"),
     ]
     rows, nxt = idx.versions(["acme", "app"], limit=3, cursor=nxt)
     assert [(r["version"], r["variant"]) for r in rows] == [("1.9.0", "linux"), ("1.0.0", "linux")]

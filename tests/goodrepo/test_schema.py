@@ -56,79 +56,216 @@ def _call(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Non
 
 
 BROKEN = [
-    pytest.param(_set("ops.allowed", [*schema_mod.default_schema()["ops"]["allowed"], "shell.exec"]),
-                 "$.ops.allowed[", "unknown op 'shell.exec'", id="unknown-op-allowed"),
-    pytest.param(_call(lambda s: route(s, "schema")["pipeline"].insert(1, {"op": "fs.read"})),
-                 "$.routes[", "unknown op 'fs.read'", id="unknown-op-in-pipeline"),
-    pytest.param(_call(lambda s: s["ops"]["allowed"].remove("string.format")),
-                 "$.routes[", "not in ops.allowed", id="op-not-allowed"),
-    pytest.param(_call(lambda s: route(s, "schema")["pipeline"].insert(
-        1, {"op": "proxy.fetch", "upstream": "x"})),
-                 "$.routes[", "not available", id="proxy-fetch-pending"),
-    pytest.param(_call(lambda s: step(s, "latest", "index.latest").update(colour="red")),
-                 ".colour", "unknown argument", id="unknown-arg"),
-    pytest.param(_call(lambda s: step(s, "latest", "index.latest").pop("out")),
-                 "$.routes[", "needs the argument 'out'", id="missing-arg"),
-    pytest.param(_call(lambda s: step(s, "get_tag", "kv.get").update(document="nope")),
-                 ".document", "unknown document 'nope'", id="unknown-document"),
-    pytest.param(_call(lambda s: step(s, "latest", "index.latest").update(index="nope")),
-                 ".index", "unknown index 'nope'", id="unknown-index"),
-    pytest.param(_call(lambda s: step(s, "publish_blob", "blob.put").update(store="s3")),
-                 ".store", "unknown blob store 's3'", id="unknown-blob-store"),
-    pytest.param(_call(lambda s: step(s, "get_tag", "normalize.entity").update(entity="ghost")),
-                 ".entity", "unknown entity 'ghost'", id="unknown-entity"),
-    pytest.param(_call(lambda s: step(s, "publish_blob", "emit.event").update(type="boom")),
-                 ".type", "unknown event type 'boom'", id="unknown-event-type"),
-    pytest.param(_call(lambda s: step(s, "put_tag", "validate.json_schema").update(schema="x")),
-                 ".schema", "unknown json schema 'x'", id="unknown-json-schema"),
-    pytest.param(_call(lambda s: s["routes"].append(copy.deepcopy(route(s, "schema")))),
-                 ".id", "duplicate route id 'schema'", id="duplicate-route-id"),
-    pytest.param(_call(lambda s: s["routes"].append({**copy.deepcopy(route(s, "schema")),
-                                                     "id": "schema2"})),
-                 ".path", "duplicate route GET /schema", id="duplicate-method-path"),
-    pytest.param(_call(lambda s: s["indexes"].append(copy.deepcopy(s["indexes"][0]))),
-                 "$.indexes[1].name", "duplicate index name", id="duplicate-index-name"),
-    pytest.param(_set("upstreams", {"central": {"url": "https://up.example", "timeout_seconds": 900,
-                                                "retries": 3}}),
-                 "$.upstreams.central.timeout_seconds", "maximum", id="unbounded-timeout"),
-    pytest.param(_set("upstreams", {"central": {"url": "https://up.example", "timeout_seconds": 5,
-                                                "retries": 100}}),
-                 "$.upstreams.central.retries", "maximum", id="unbounded-retries"),
-    pytest.param(drop_op("publish_blob", "txn.begin"),
-                 "$.routes[0].pipeline[", "must be inside txn.begin", id="write-outside-txn"),
-    pytest.param(drop_op("publish_blob", "blob.verify_digest"),
-                 "$.routes[0].pipeline[4]", "never followed by blob.verify_digest",
-                 id="blob-put-unverified"),
-    pytest.param(drop_op("publish_blob", "time.now_iso8601"),
-                 "$.routes[0].pipeline[", "$now is read before it is defined", id="undefined-var"),
-    pytest.param(drop_op("get_tag", "parse.path"),
-                 "$.routes[", "field {namespace} is read before it is defined",
-                 id="undefined-field"),
-    pytest.param(_set("ops.limits.max_pipeline_ops", 5),
-                 "$.routes[0].pipeline", "exceed max_pipeline_ops=5", id="pipeline-too-long"),
-    pytest.param(_call(lambda s: step(s, "publish_blob", "kv.cas_put").update(if_absent=False)),
-                 "$.routes[0].pipeline[", "invariant artifacts_write_once", id="write-once"),
-    pytest.param(drop_op("delete_tag", "emit.event"),
-                 "$.routes[", "invariant writes_emit_events", id="events-for-writes"),
-    pytest.param(drop_op("schema", "auth.require_scopes"),
-                 "$.routes[", "invariant routes_check_scopes", id="scoped-routes"),
-    pytest.param(_set("entities.artifact.fields.name.pattern", "^[a-z"),
-                 "$.entities.artifact.fields.name.pattern", "bad regex", id="bad-regex"),
-    pytest.param(_set("storage.blob_stores.primary.root", "../outside"),
-                 "$.storage.blob_stores.primary.root", "inside the data directory", id="root-escape"),
-    pytest.param(_set("storage.blob_stores.primary.path_template", "../{digest}"),
-                 "$.storage.blob_stores.primary.path_template", "", id="bad-path-template"),
-    pytest.param(_set("features.proxy_enabled", True),
-                 "$.features.proxy_enabled", "needs at least one upstream", id="proxy-no-upstream"),
-    pytest.param(_call(lambda s: step(s, "latest", "respond.json").update(
-        when={"between": [1, 2]})),
-                 "$.routes[", "bad template or condition", id="bad-condition"),
-    pytest.param(_call(lambda s: route(s, "schema")["pipeline"].pop()),
-                 ".pipeline", "must end with an unconditional respond", id="no-response"),
-    pytest.param(_set("entities.artifact.versioning.scheme", "calver"),
-                 "$.entities.artifact.versioning.scheme", "", id="unknown-scheme"),
-    pytest.param(_call(lambda s: s.pop("routes")), "$", "'routes' is a required property",
-                 id="missing-section"),
+    pytest.param(
+        _set("ops.allowed", [*schema_mod.default_schema()["ops"]["allowed"], "shell.exec"]),
+        "$.ops.allowed[",
+        "unknown op 'shell.exec'",
+        id="unknown-op-allowed",
+    ),
+    pytest.param(
+        _call(lambda s: route(s, "schema")["pipeline"].insert(1, {"op": "fs.read"})),
+        "$.routes[",
+        "unknown op 'fs.read'",
+        id="unknown-op-in-pipeline",
+    ),
+    pytest.param(
+        _call(lambda s: s["ops"]["allowed"].remove("string.format")),
+        "$.routes[",
+        "not in ops.allowed",
+        id="op-not-allowed",
+    ),
+    pytest.param(
+        _call(
+            lambda s: route(s, "schema")["pipeline"].insert(
+                1, {"op": "proxy.fetch", "upstream": "x"}
+            )
+        ),
+        "$.routes[",
+        "not available",
+        id="proxy-fetch-pending",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "index.latest").update(colour="red")),
+        ".colour",
+        "unknown argument",
+        id="unknown-arg",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "index.latest").pop("out")),
+        "$.routes[",
+        "needs the argument 'out'",
+        id="missing-arg",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "get_tag", "kv.get").update(document="nope")),
+        ".document",
+        "unknown document 'nope'",
+        id="unknown-document",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "index.latest").update(index="nope")),
+        ".index",
+        "unknown index 'nope'",
+        id="unknown-index",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "blob.put").update(store="s3")),
+        ".store",
+        "unknown blob store 's3'",
+        id="unknown-blob-store",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "get_tag", "normalize.entity").update(entity="ghost")),
+        ".entity",
+        "unknown entity 'ghost'",
+        id="unknown-entity",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "emit.event").update(type="boom")),
+        ".type",
+        "unknown event type 'boom'",
+        id="unknown-event-type",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "put_tag", "validate.json_schema").update(schema="x")),
+        ".schema",
+        "unknown json schema 'x'",
+        id="unknown-json-schema",
+    ),
+    pytest.param(
+        _call(lambda s: s["routes"].append(copy.deepcopy(route(s, "schema")))),
+        ".id",
+        "duplicate route id 'schema'",
+        id="duplicate-route-id",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["routes"].append({**copy.deepcopy(route(s, "schema")), "id": "schema2"})
+        ),
+        ".path",
+        "duplicate route GET /schema",
+        id="duplicate-method-path",
+    ),
+    pytest.param(
+        _call(lambda s: s["indexes"].append(copy.deepcopy(s["indexes"][0]))),
+        "$.indexes[1].name",
+        "duplicate index name",
+        id="duplicate-index-name",
+    ),
+    pytest.param(
+        _set(
+            "upstreams",
+            {"central": {"url": "https://up.example", "timeout_seconds": 900, "retries": 3}},
+        ),
+        "$.upstreams.central.timeout_seconds",
+        "maximum",
+        id="unbounded-timeout",
+    ),
+    pytest.param(
+        _set(
+            "upstreams",
+            {"central": {"url": "https://up.example", "timeout_seconds": 5, "retries": 100}},
+        ),
+        "$.upstreams.central.retries",
+        "maximum",
+        id="unbounded-retries",
+    ),
+    pytest.param(
+        drop_op("publish_blob", "txn.begin"),
+        "$.routes[0].pipeline[",
+        "must be inside txn.begin",
+        id="write-outside-txn",
+    ),
+    pytest.param(
+        drop_op("publish_blob", "blob.verify_digest"),
+        "$.routes[0].pipeline[4]",
+        "never followed by blob.verify_digest",
+        id="blob-put-unverified",
+    ),
+    pytest.param(
+        drop_op("publish_blob", "time.now_iso8601"),
+        "$.routes[0].pipeline[",
+        "$now is read before it is defined",
+        id="undefined-var",
+    ),
+    pytest.param(
+        drop_op("get_tag", "parse.path"),
+        "$.routes[",
+        "field {namespace} is read before it is defined",
+        id="undefined-field",
+    ),
+    pytest.param(
+        _set("ops.limits.max_pipeline_ops", 5),
+        "$.routes[0].pipeline",
+        "exceed max_pipeline_ops=5",
+        id="pipeline-too-long",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "kv.cas_put").update(if_absent=False)),
+        "$.routes[0].pipeline[",
+        "invariant artifacts_write_once",
+        id="write-once",
+    ),
+    pytest.param(
+        drop_op("delete_tag", "emit.event"),
+        "$.routes[",
+        "invariant writes_emit_events",
+        id="events-for-writes",
+    ),
+    pytest.param(
+        drop_op("schema", "auth.require_scopes"),
+        "$.routes[",
+        "invariant routes_check_scopes",
+        id="scoped-routes",
+    ),
+    pytest.param(
+        _set("entities.artifact.fields.name.pattern", "^[a-z"),
+        "$.entities.artifact.fields.name.pattern",
+        "bad regex",
+        id="bad-regex",
+    ),
+    pytest.param(
+        _set("storage.blob_stores.primary.root", "../outside"),
+        "$.storage.blob_stores.primary.root",
+        "inside the data directory",
+        id="root-escape",
+    ),
+    pytest.param(
+        _set("storage.blob_stores.primary.path_template", "../{digest}"),
+        "$.storage.blob_stores.primary.path_template",
+        "",
+        id="bad-path-template",
+    ),
+    pytest.param(
+        _set("features.proxy_enabled", True),
+        "$.features.proxy_enabled",
+        "needs at least one upstream",
+        id="proxy-no-upstream",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "respond.json").update(when={"between": [1, 2]})),
+        "$.routes[",
+        "bad template or condition",
+        id="bad-condition",
+    ),
+    pytest.param(
+        _call(lambda s: route(s, "schema")["pipeline"].pop()),
+        ".pipeline",
+        "must end with an unconditional respond",
+        id="no-response",
+    ),
+    pytest.param(
+        _set("entities.artifact.versioning.scheme", "calver"),
+        "$.entities.artifact.versioning.scheme",
+        "",
+        id="unknown-scheme",
+    ),
+    pytest.param(
+        _call(lambda s: s.pop("routes")),
+        "$",
+        "'routes' is a required property",
+        id="missing-section",
+    ),
 ]
 
 
@@ -139,9 +276,7 @@ def test_broken_schema_is_rejected_with_its_problem(
     s = schema_mod.default_schema()
     edit(s)
     problems = schema_mod.problems_of(s)
-    assert any(
-        path_prefix in p["path"] and message in p["message"] for p in problems
-    ), problems
+    assert any(path_prefix in p["path"] and message in p["message"] for p in problems), problems
     with pytest.raises(InvalidConfig):
         schema_mod.validate(s)
 

@@ -1,0 +1,1 @@
+"""The fixed HTTP endpoints beside the schema's routes: accounts, admin, events."""

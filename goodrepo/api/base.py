@@ -1,0 +1,176 @@
+"""A small JSON endpoint table for the fixed (non-schema) routes: auth, admin, events.
+
+Each endpoint names its method, its werkzeug rule, the scopes it needs (``None``: public)
+and a handler taking an :class:`ApiRequest` and returning a JSON-able value, a
+``(status, value)`` pair or a werkzeug ``Response``. Paths the table does not know fall
+through to the next app (the schema routes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from middleware.keys import CLIENT_ADDR, PRINCIPAL, ROUTE
+
+from ..app import WSGIApp, error_response, request_id_of
+from ..errors import Forbidden, GoodrepoError, InvalidRequest, PayloadTooLarge, Unauthorized
+from ..errors import MethodNotAllowed as MethodNotAllowedError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 << 10
+
+
+@dataclass
+class ApiRequest:
+    """What a handler gets: the request, its path values and the principal."""
+
+    request: Request
+    values: dict[str, Any]
+    principal: dict[str, Any]
+
+    @property
+    def environ(self) -> dict[str, Any]:
+        return self.request.environ
+
+    @property
+    def client(self) -> str:
+        """The client address (after trusted-proxy handling, when the stack did it)."""
+        return str(self.environ.get(CLIENT_ADDR) or self.request.remote_addr or "unknown")
+
+    @property
+    def sub(self) -> str:
+        return str(self.principal.get("sub", ""))
+
+    def json(self) -> dict[str, Any]:
+        """The JSON object body (bounded); INVALID_REQUEST when it is not one."""
+        length = self.request.content_length
+        if length is not None and length > MAX_BODY:
+            raise PayloadTooLarge(f"JSON bodies are limited to {MAX_BODY} bytes")
+        raw = self.request.stream.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise PayloadTooLarge(f"JSON bodies are limited to {MAX_BODY} bytes")
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InvalidRequest("the request body is not valid JSON") from err
+        if not isinstance(value, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        return value
+
+    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.request.args.get(name)
+        if raw is None or raw == "":
+            return default
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise InvalidRequest(
+                f"{name} must be a whole number from {low} to {high}", details={"field": name}
+            )
+        return int(raw)
+
+
+Handler = Callable[[ApiRequest], Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One fixed route."""
+
+    method: str
+    rule: str
+    handler: Handler
+    scopes: tuple[str, ...] | None = ()  # None: public; (): any authenticated principal
+    any_scope: bool = False  # True: one of ``scopes`` suffices
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...] = str) -> Any:
+    """A required field of a JSON body, of the given type."""
+    value = body.get(name)
+    if value is None or not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise InvalidRequest(f"{name} is required", details={"field": name})
+    return value
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    if status == 204:
+        response = Response(status=204)
+        del response.headers["Content-Type"]
+        return response
+    text = json.dumps(value, separators=(",", ":"))
+    return Response(text, status=status, mimetype="application/json")
+
+
+class JsonApi:
+    """Dispatch a table of endpoints; everything else goes to ``fallback``."""
+
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        fallback: WSGIApp,
+        implies: Callable[[], dict[str, set[str]]],
+    ) -> None:
+        self.fallback = fallback
+        self.implies = implies
+        self.endpoints = {f"{e.method} {e.rule}": e for e in endpoints}
+        self.url_map = Map(
+            [Rule(e.rule, endpoint=key, methods=[e.method]) for key, e in self.endpoints.items()],
+            strict_slashes=False,
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            key, values = adapter.match()
+        except NotFound:
+            return self.fallback(environ, start_response)
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.valid_methods or []))
+            err = MethodNotAllowedError(headers={"Allow": allowed})
+            return error_response(err, environ)(environ, start_response)
+        except HTTPException:
+            return self.fallback(environ, start_response)
+        endpoint = self.endpoints[key]
+        environ[ROUTE] = endpoint.rule
+        try:
+            principal = environ.get(PRINCIPAL) or {}
+            self._authorize(endpoint, principal)
+            result = endpoint.handler(ApiRequest(Request(environ), dict(values), principal))
+            if isinstance(result, Response) or callable(result):
+                response = result  # a response, or any WSGI app answering for us
+            elif isinstance(result, tuple):
+                response = json_response(result[1], result[0])
+            else:
+                response = json_response(result)
+        except GoodrepoError as err:
+            response = error_response(err, environ)
+        except Exception:
+            log.exception("unexpected error (request %s)", request_id_of(environ))
+            response = error_response(GoodrepoError(), environ)
+        return response(environ, start_response)
+
+    def _authorize(self, endpoint: Endpoint, principal: dict[str, Any]) -> None:
+        if endpoint.scopes is None:
+            return
+        if not principal or principal.get("anonymous"):
+            raise Unauthorized()
+        held = set(principal.get("scopes") or ())
+        implies = self.implies()
+        for scope in list(held):
+            held |= implies.get(scope, set())
+        needed = set(endpoint.scopes)
+        ok = bool(needed & held) if endpoint.any_scope else needed <= held
+        if needed and not ok:
+            raise Forbidden(
+                f"this operation needs the scope {' or '.join(sorted(needed))}"
+                if endpoint.any_scope
+                else f"this operation needs the scope {', '.join(sorted(needed - held))}",
+                details={"required": sorted(needed)},
+            )

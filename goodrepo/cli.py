@@ -1,0 +1,374 @@
+"""The ``goodrepo`` command: serve, user, token and check-schema.
+
+Usage::
+
+    goodrepo serve --data ./data --port 8080
+    goodrepo user add alice --scopes read,write < password.txt
+    goodrepo check-schema my-schema.json
+
+``main(argv)`` returns the exit code; the server call is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from . import __version__
+from .errors import ConfigurationError, GoodrepoError, InvalidConfig, StoreError
+
+log = logging.getLogger("goodrepo.cli")
+
+DRAIN_SECONDS = 30.0
+
+EPILOG = """\
+Settings come from defaults, then the TOML file named by --config (or GOODREPO_CONFIG),
+then GOODREPO_* environment variables, then the options given here. The user and token
+commands open the data directory themselves: run them while the server is stopped, or
+use the admin API of a running server.
+"""
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from .settings import Settings
+
+    return Settings.load(config_file=args.config, data=args.data, **extra)
+
+
+def _configure_logging(fmt: str, level: str) -> None:
+    from middleware.jsonlog import configure_json_logging
+    from middleware.request_id import RequestIDFilter
+
+    if fmt == "json":
+        handler = configure_json_logging(level.upper())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(level.upper())
+    handler.addFilter(RequestIDFilter())
+
+
+# -- serve ----------------------------------------------------------------------------
+
+
+def run_server(app: Any, settings: Any, out: TextIO) -> None:
+    """Serve ``app`` on waitress until SIGTERM or SIGINT, then drain gracefully.
+
+    On a signal the listening socket closes at once (new connections are refused), the
+    requests already being handled run to completion and their answers are sent, for up
+    to ``DRAIN_SECONDS``; then the worker threads stop.
+    """
+    import waitress
+    from waitress import wasyncore
+
+    max_body = max(
+        (s.get("max_blob_bytes") or 0) for s in app.repo.schema["storage"]["blob_stores"].values()
+    )
+    server = waitress.create_server(
+        app,
+        host=settings.host,
+        port=settings.port,
+        threads=settings.threads,
+        channel_timeout=settings.channel_timeout,
+        max_request_body_size=max(max_body, 1 << 20),
+        ident="goodrepo",
+        clear_untrusted_proxy_headers=True,
+    )
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+        server.pull_trigger()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    host, port = server.effective_host, server.effective_port
+    shown = f"[{host}]" if ":" in str(host) else host
+    print(f"goodrepo {__version__} serving on http://{shown}:{port}", file=out, flush=True)
+    try:
+        while not stopping.is_set():
+            wasyncore.loop(timeout=1.0, map=server._map, count=1)
+        log.info("stopping: no new connections, finishing requests in flight")
+        server.accepting = False
+        server.del_channel()
+        server.socket.close()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline and _busy(server):
+            wasyncore.loop(timeout=0.05, map=server._map, count=1)
+    finally:
+        server.task_dispatcher.shutdown(timeout=5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("goodrepo stopped", file=out, flush=True)
+
+
+def _busy(server: Any) -> bool:
+    dispatcher = server.task_dispatcher
+    if dispatcher.active_count or dispatcher.queue:
+        return True
+    return any(ch.requests or ch.total_outbufs_len for ch in list(server.active_channels.values()))
+
+
+def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO) -> int:
+    from .stack import create_app
+
+    settings = _settings(args, host=args.host, port=args.port, threads=args.threads)
+    _configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)
+    try:
+        generated = app.bootstrap_admin()
+        if generated:
+            print(
+                "created user 'admin' with this password (shown once, store it now):\n"
+                f"  {generated}",
+                file=out,
+                flush=True,
+            )
+        serve(app, settings, out)
+    finally:
+        app.close()
+    return 0
+
+
+# -- users and tokens -------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from .stack import create_app
+
+    settings = _settings(args)
+    try:
+        return create_app(settings)
+    except StoreError as err:
+        raise SystemExit(
+            f"goodrepo: cannot open {settings.data}: {err.message}\n"
+            "(is a server running on it? use its admin API, or stop it first)"
+        ) from err
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    first = getpass.getpass("new password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("goodrepo: the passwords differ")
+    return first
+
+
+def _scopes(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def cmd_user(args: argparse.Namespace, out: TextIO) -> int:
+    app = _open(args)
+    try:
+        users = app.users
+        if args.action == "add":
+            user = users.create(args.username, _read_password(args), _scopes(args.scopes))
+        elif args.action == "list":
+            cursor, rows = None, []
+            while True:
+                page, cursor = users.list(limit=1000, cursor=cursor)
+                rows += page
+                if cursor is None:
+                    break
+            for row in rows:
+                state = "disabled" if row["disabled"] else "active"
+                print(f"{row['username']}\t{','.join(row['scopes'])}\t{state}", file=out)
+            return 0
+        elif args.action == "passwd":
+            user = users.set_password(args.username, _read_password(args))
+            app.tokens.revoke_user_refresh(user["username"])
+        elif args.action == "disable":
+            user = users.set_disabled(args.username, not args.enable)
+            if not args.enable:
+                app.tokens.revoke_user_refresh(user["username"])
+        else:  # scopes
+            user = users.set_scopes(args.username, _scopes(args.scopes))
+        print(json.dumps(user), file=out)
+        return 0
+    finally:
+        app.close()
+
+
+def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
+    app = _open(args)
+    try:
+        tokens = app.tokens
+        if args.action == "create":
+            made = tokens.create_api_token(
+                args.owner, args.name, _scopes(args.scopes), args.expires_in
+            )
+            print(json.dumps(made), file=out)
+            print("the token is shown only now: store it", file=sys.stderr)
+        elif args.action == "list":
+            cursor = None
+            while True:
+                page, cursor = tokens.list_api_tokens(limit=1000, cursor=cursor)
+                for row in page:
+                    print(
+                        f"{row['id']}\t{row['name']}\t{row['owner']}\t"
+                        f"{','.join(row['scopes'])}\t{row['expires_at']}",
+                        file=out,
+                    )
+                if cursor is None:
+                    break
+        else:
+            tokens.revoke_api_token(args.id)
+            print(f"revoked {args.id}", file=out)
+        return 0
+    finally:
+        app.close()
+
+
+def cmd_check_schema(args: argparse.Namespace, out: TextIO) -> int:
+    from . import schema as schema_mod
+
+    try:
+        schema_mod.load_file(args.file)
+    except InvalidConfig as err:
+        print(f"{args.file}: {len(err.problems)} problem(s)", file=out)
+        for p in err.problems:
+            print(f"  {p['path']}: {p['message']}", file=out)
+        return 1
+    except OSError as err:
+        print(f"{args.file}: {err.strerror}", file=out)
+        return 1
+    print(f"{args.file}: valid", file=out)
+    return 0
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="goodrepo",
+        description="An embeddable artifact repository for Python web stacks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"goodrepo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data", help="data directory (default: $GOODREPO_DATA or ./data)")
+        p.add_argument("--config", help="TOML settings file (default: $GOODREPO_CONFIG)")
+        return p
+
+    serve = common(
+        sub.add_parser(
+            "serve",
+            help="run the server on waitress",
+            description="Run the standard stack on waitress until "
+            "SIGTERM or SIGINT; requests in flight finish first. On a "
+            "fresh data directory the admin user is created with "
+            "GOODREPO_ADMIN_PASSWORD, or a generated password that "
+            "is printed once.",
+        )
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0: any)")
+    serve.add_argument("--threads", type=int, help="worker threads (default 8)")
+
+    user = sub.add_parser(
+        "user",
+        help="manage users",
+        description="Manage users of a data "
+        "directory. Passwords are read from standard input (one line) or "
+        "asked for on a terminal; they must pass the password policy.",
+    )
+    usub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = common(usub.add_parser("add", help="create a user"))
+    add.add_argument("username")
+    add.add_argument("--scopes", default="read", help="comma-separated (default: read)")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input even on a terminal",
+    )
+    common(usub.add_parser("list", help="list users"))
+    passwd = common(
+        usub.add_parser("passwd", help="set a user's password (revokes the user's refresh tokens)")
+    )
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true")
+    disable = common(usub.add_parser("disable", help="disable (or --enable) a user"))
+    disable.add_argument("username")
+    disable.add_argument("--enable", action="store_true", help="enable instead")
+    scopes = common(usub.add_parser("scopes", help="set a user's scopes"))
+    scopes.add_argument("username")
+    scopes.add_argument("scopes", help="comma-separated: read, write, admin, replicate")
+
+    token = sub.add_parser(
+        "token",
+        help="manage API tokens for CI",
+        description="API tokens are JWTs with chosen scopes and expiry, revocable at once.",
+    )
+    tsub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = common(tsub.add_parser("create", help="create a token (shown once)"))
+    create.add_argument("--owner", default="admin", help="user the token acts for")
+    create.add_argument("--name", required=True, help="what the token is for")
+    create.add_argument(
+        "--scopes", default="read", help="comma-separated subset of the owner's scopes"
+    )
+    create.add_argument(
+        "--expires-in", type=int, default=90 * 86400, help="seconds (default 90 days)"
+    )
+    common(tsub.add_parser("list", help="list unexpired tokens (never the tokens)"))
+    revoke = common(tsub.add_parser("revoke", help="revoke a token by id"))
+    revoke.add_argument("id")
+
+    check = sub.add_parser(
+        "check-schema",
+        help="validate a schema file",
+        description="Validate a schema file; print every problem and exit 1 if any.",
+    )
+    check.add_argument("file")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    serve: Callable[..., None] = run_server,
+    out: TextIO | None = None,
+) -> int:
+    """Run the ``goodrepo`` command; returns the exit code."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return cmd_serve(args, serve, out)
+        if args.command == "user":
+            return cmd_user(args, out)
+        if args.command == "token":
+            return cmd_token(args, out)
+        return cmd_check_schema(args, out)
+    except ConfigurationError as err:
+        print(f"goodrepo: configuration: {err}", file=sys.stderr)
+        return 2
+    except InvalidConfig as err:
+        print(f"goodrepo: {err}", file=sys.stderr)
+        return 2
+    except GoodrepoError as err:
+        reasons = (err.details or {}).get("reasons")
+        extra = f": {'; '.join(reasons)}" if reasons else ""
+        print(f"goodrepo: {err.code}: {err.message}{extra}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

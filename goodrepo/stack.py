@@ -1,0 +1,230 @@
+"""The standard goodrepo stack: the core, the accounts and admin endpoints, and the
+middlewares around them, built from validated settings in one function.
+
+Order, outermost first, and why:
+
+1. request id — every response, refusals included, carries ``X-Request-ID``, and the
+   access log sees the final status of everything below it;
+2. metrics — counts and times every request, refusals included;
+3. security headers — added to every answer, the middlewares' own included;
+4. CORS — answers preflights before anything asks for a token, and decorates refusals so
+   that browsers can read them;
+5. health — probes need no token and are not rate limited;
+6. rate limit — refuses floods (login attempts first) before any password hashing or
+   token verification is spent on them;
+7. auth — verifies the bearer token and puts the principal in the environ;
+8. the accounts and admin endpoints, then the schema's routes (the core).
+
+Usage::
+
+    app = create_app(data="./data", allow_anon_read=True)
+    waitress.serve(app, listen="127.0.0.1:8080")
+    app.close()
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from middleware.auth import DEFAULT_PUBLIC_PATHS, JWTAuthMiddleware
+from middleware.cors import CORSMiddleware
+from middleware.health import HealthMiddleware
+from middleware.metrics import DEFAULT_COUNTERS, MetricsMiddleware
+from middleware.ratelimit import RateLimitMiddleware, Rule
+from middleware.request_id import RequestIDMiddleware
+from middleware.security_headers import SecurityHeadersMiddleware
+
+from .accounts import KeyRing, LoginThrottle, PasswordPolicy, TokenService, Users
+from .api.admin import AdminEndpoints
+from .api.auth import AuthEndpoints
+from .api.base import ApiRequest, Endpoint, JsonApi
+from .errors import Forbidden, StoreError, Unauthorized, UserExists
+from .repository import Repository
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+COUNTERS = {
+    **DEFAULT_COUNTERS,
+    "response_cache_hits": "Metadata and latest answers served from the response cache.",
+}
+
+
+class GoodrepoApp:
+    """The WSGI app of a goodrepo server, with handles on what it is built from.
+
+    Attributes: ``repo`` (the :class:`Repository`), ``settings``, ``users``, ``keyring``,
+    ``tokens``, ``registry`` (the Prometheus registry) and ``core`` (the app inside the
+    middlewares).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        registry: CollectorRegistry,
+        *,
+        password_hasher: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.registry = registry
+        self.keyring = KeyRing(repo.kv, token_lifetime=settings.access_token_ttl + 60)
+        self.users = Users(
+            repo.kv,
+            PasswordPolicy(min_length=settings.password_min_length),
+            hasher=password_hasher,
+        )
+        self.tokens = TokenService(
+            repo.kv,
+            self.keyring,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            access_ttl=settings.access_token_ttl,
+            refresh_ttl=settings.refresh_token_ttl,
+            api_token_max_ttl=settings.api_token_max_ttl,
+            leeway=settings.jwt_leeway,
+        )
+        self.keyring.current()  # a fresh data directory gets its first key now
+        throttle = LoginThrottle.from_limit(settings.login_rate_limit)
+        endpoints = [
+            *AuthEndpoints(self.users, self.tokens, throttle).endpoints(),
+            *AdminEndpoints(repo, self.users, self.keyring, self.tokens).endpoints(),
+            Endpoint("GET", "/metrics", self._serve_metrics, scopes=None),
+        ]
+        self.core = JsonApi(endpoints, repo.wsgi_app(), lambda: repo.runtime.scope_implies)
+        app: Callable[..., Any] = JWTAuthMiddleware(
+            self.core,
+            keys=self.keyring.verification_keys,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway,
+            max_lifetime=settings.api_token_max_ttl + 86400,
+            public_paths=(*DEFAULT_PUBLIC_PATHS, "/auth/logout", "/metrics"),
+            allow_anonymous_read=settings.allow_anon_read,
+            is_revoked=self.tokens.is_revoked,
+        )
+        app = RateLimitMiddleware(
+            app,
+            rules=[
+                Rule(settings.login_rate_limit, methods=["POST"], path="/auth/login", name="login")
+            ],
+            storage=settings.ratelimit_storage,
+            trusted_proxies=settings.trusted_proxies,
+        )
+        app = HealthMiddleware(app, checks=self.readiness_checks())
+        app = CORSMiddleware(app, allow_origins=settings.cors_origins)
+        app = SecurityHeadersMiddleware(app, hsts_max_age=settings.hsts or None)
+        metrics = MetricsMiddleware(app, registry=registry, path=None, counters=COUNTERS)
+        self._metrics_app = metrics.metrics_app
+        self.wsgi = RequestIDMiddleware(metrics)
+        self._metrics_allow = [
+            ipaddress.ip_network(a, strict=False) for a in settings.metrics_allow
+        ]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self.wsgi(environ, start_response)
+
+    def readiness_checks(self) -> dict[str, Callable[[], object]]:
+        """KV read/write, every blob store writable, free disk above the threshold."""
+        checks: dict[str, Callable[[], object]] = {"kv": self.repo.kv.check}
+
+        def blobs() -> None:
+            for store in self.repo.runtime.blob_stores.values():
+                store.check()
+
+        def disk() -> None:
+            threshold = self.settings.min_free_disk
+            for name, store in self.repo.runtime.blob_stores.items():
+                free = store.free_bytes()
+                if free < threshold:
+                    raise StoreError(f"blob store {name}: {free} bytes free, below {threshold}")
+
+        checks["blob_stores"] = blobs
+        if self.settings.min_free_disk > 0:
+            checks["disk"] = disk
+        return checks
+
+    def _serve_metrics(self, req: ApiRequest) -> Any:
+        # /metrics is a public path of the auth middleware, so that the address allow-list
+        # and the static metrics token work: a bearer JWT is verified here instead.
+        header = req.request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        secret = self.settings.metrics_token
+        if token and secret and hmac.compare_digest(token.encode(), secret.encode()):
+            return self._metrics_app
+        if token:
+            claims = self.tokens.verify(token)  # 401 for a bad token
+            if "admin" in (claims.get("scopes") or ()):
+                return self._metrics_app
+            raise Forbidden("metrics need the admin scope")
+        if self._metrics_allow:
+            try:
+                addr = ipaddress.ip_address(req.client)
+            except ValueError:
+                addr = None
+            if addr is not None and any(addr in net for net in self._metrics_allow):
+                return self._metrics_app
+        raise Unauthorized("metrics need the admin scope or an allowed address")
+
+    def bootstrap_admin(self) -> str | None:
+        """Create the ``admin`` user on a store without users; returns a generated password.
+
+        The password is ``settings.admin_password`` when set (nothing is returned then),
+        else a fresh random one, returned so that the caller can show it once.
+        """
+        rows, _ = self.users.list(limit=1)
+        if rows:
+            return None
+        password = self.settings.admin_password
+        generated = None
+        if not password:
+            password = generated = secrets.token_urlsafe(18)
+        try:
+            self.users.create("admin", password, ["admin"])
+        except UserExists:
+            return None
+        log.info("created the admin user")
+        return generated
+
+    def close(self) -> None:
+        """Close the repository."""
+        self.repo.close()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    config_file: str | None = None,
+    repository: Repository | None = None,
+    registry: CollectorRegistry | None = None,
+    password_hasher: Any = None,
+    **overrides: Any,
+) -> GoodrepoApp:
+    """Build the standard stack around a repository and return its WSGI app.
+
+    Settings come from ``settings`` if given, else from defaults < ``config_file`` (TOML)
+    < ``GOODREPO_*`` environment variables < ``overrides``. ``repository`` defaults to
+    ``Repository.open(settings.data, schema=settings.schema_file)``. ``registry`` is the
+    Prometheus registry (a fresh one by default).
+    """
+    if settings is None:
+        settings = Settings.load(config_file=config_file, **overrides)
+    elif overrides or config_file:
+        raise TypeError("pass either settings or config_file/overrides, not both")
+    repo = repository or Repository.open(settings.data, schema=settings.schema_file)
+    try:
+        return GoodrepoApp(
+            settings, repo, registry or CollectorRegistry(), password_hasher=password_hasher
+        )
+    except BaseException:
+        if repository is None:
+            repo.close()
+        raise
