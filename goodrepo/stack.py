@@ -28,7 +28,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -203,6 +203,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
     repository: Repository | None = None,
     registry: CollectorRegistry | None = None,
     password_hasher: Any = None,
@@ -211,13 +212,14 @@ def create_app(
     """Build the standard stack around a repository and return its WSGI app.
 
     Settings come from ``settings`` if given, else from defaults < ``config_file`` (TOML)
-    < ``GOODREPO_*`` environment variables < ``overrides``. ``repository`` defaults to
+    < ``GOODREPO_*`` environment variables (``env``, default ``os.environ``) <
+    ``overrides``. ``repository`` defaults to
     ``Repository.open(settings.data, schema=settings.schema_file)``. ``registry`` is the
     Prometheus registry (a fresh one by default).
     """
     if settings is None:
-        settings = Settings.load(config_file=config_file, **overrides)
-    elif overrides or config_file:
+        settings = Settings.load(config_file=config_file, env=env, **overrides)
+    elif overrides or config_file or env is not None:
         raise TypeError("pass either settings or config_file/overrides, not both")
     repo = repository or Repository.open(settings.data, schema=settings.schema_file)
     try:

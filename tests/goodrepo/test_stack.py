@@ -1,0 +1,320 @@
+"""The standard stack in-process: auth endpoints, admin API, metrics, health, order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import webtest
+from argon2 import PasswordHasher
+from prometheus_client import CollectorRegistry
+
+from goodrepo.stack import GoodrepoApp, create_app
+
+PASSWORD = "a long enough owner passphrase"
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+
+
+def make(tmp_path: Path, **overrides: Any) -> GoodrepoApp:
+    app = create_app(
+        env={},
+        data=str(tmp_path / "data"),
+        admin_password=PASSWORD,
+        password_hasher=CHEAP,
+        registry=CollectorRegistry(),
+        **overrides,
+    )
+    assert app.bootstrap_admin() is None  # the configured password is used
+    return app
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[GoodrepoApp]:
+    app = make(tmp_path)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def web(stack: GoodrepoApp) -> webtest.TestApp:
+    return webtest.TestApp(stack)
+
+
+def login(web: webtest.TestApp, username: str = "admin", password: str = PASSWORD) -> Any:
+    return web.post_json("/auth/login", {"username": username, "password": password}).json
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_login_answer_shape(web: webtest.TestApp) -> None:
+    body = login(web)
+    assert body["ok"] is True and body["token_type"] == "Bearer"
+    assert body["token"] == body["access_token"]
+    assert body["expires_in"] == 900
+    assert body["user"] == {"username": "admin", "scopes": ["admin"]}
+    header = jwt.get_unverified_header(body["token"])
+    assert header["alg"] == "HS256" and header["kid"]
+    me = web.get("/auth/me", headers=bearer(body["token"])).json
+    assert me == {"ok": True, "user": {"username": "admin", "scopes": ["admin"]}}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        pytest.param(
+            {"username": "admin", "password": "wrong password!"},
+            401,
+            "INVALID_CREDENTIALS",
+            id="wrong-password",
+        ),
+        pytest.param(
+            {"username": "nobody", "password": "wrong password!"},
+            401,
+            "INVALID_CREDENTIALS",
+            id="unknown-user",
+        ),
+        pytest.param({"username": "admin"}, 400, "INVALID_REQUEST", id="missing-password"),
+        pytest.param({"username": 5, "password": "x"}, 400, "INVALID_REQUEST", id="not-string"),
+    ],
+)
+def test_login_failures(web: webtest.TestApp, body: Any, status: int, code: str) -> None:
+    res = web.post_json("/auth/login", body, status=status)
+    assert res.json["error"]["code"] == code
+    assert res.headers["X-Request-ID"] == res.json["error"]["request_id"]
+
+
+def test_unknown_user_and_wrong_password_answer_alike(web: webtest.TestApp) -> None:
+    a = web.post_json("/auth/login", {"username": "admin", "password": "nope nope"}, status=401)
+    b = web.post_json("/auth/login", {"username": "ghost", "password": "nope nope"}, status=401)
+    assert a.json["error"]["message"] == b.json["error"]["message"]
+
+
+def test_malformed_login_body(web: webtest.TestApp) -> None:
+    res = web.post("/auth/login", b"{", headers={"Content-Type": "application/json"}, status=400)
+    assert res.json["error"]["code"] == "INVALID_REQUEST"
+
+
+def test_login_throttled_per_address(tmp_path: Path) -> None:
+    app = make(tmp_path, login_rate_limit="3/minute")
+    try:
+        web = webtest.TestApp(app)
+        for _ in range(3):
+            web.post_json("/auth/login", {"username": "x", "password": "y"}, status=401)
+        res = web.post_json("/auth/login", {"username": "x", "password": "y"}, status=429)
+        assert res.json["error"]["code"] == "RATE_LIMITED"
+        assert int(res.headers["Retry-After"]) > 0
+    finally:
+        app.close()
+
+
+def test_refresh_rotates_and_replay_revokes_the_family(web: webtest.TestApp) -> None:
+    first = login(web)["refresh_token"]
+    second = web.post_json("/auth/refresh", {"refresh_token": first}).json
+    assert second["refresh_token"] != first and second["token"]
+    web.post_json("/auth/refresh", {"refresh_token": first}, status=401)
+    web.post_json("/auth/refresh", {"refresh_token": second["refresh_token"]}, status=401)
+
+
+def test_logout_revokes_the_refresh_token(web: webtest.TestApp) -> None:
+    refresh = login(web)["refresh_token"]
+    web.post_json("/auth/logout", {"refresh_token": refresh})
+    web.post_json("/auth/refresh", {"refresh_token": refresh}, status=401)
+    web.post_json("/auth/logout", {"refresh_token": refresh}, status=401)
+
+
+def test_change_password(web: webtest.TestApp) -> None:
+    session = login(web)
+    headers = bearer(session["token"])
+    weak = web.post_json(
+        "/auth/change-password",
+        {"old_password": PASSWORD, "new_password": "password1234"},
+        headers=headers,
+        status=400,
+    ).json["error"]
+    assert weak["code"] == "PASSWORD_POLICY" and weak["details"]["reasons"]
+    web.post_json(
+        "/auth/change-password",
+        {"old_password": "not it at all", "new_password": "another long passphrase"},
+        headers=headers,
+        status=401,
+    )
+    web.post_json(
+        "/auth/change-password",
+        {"old_password": PASSWORD, "new_password": "another long passphrase"},
+        headers=headers,
+    )
+    web.post_json("/auth/refresh", {"refresh_token": session["refresh_token"]}, status=401)
+    login(web, password="another long passphrase")
+
+
+def test_users_admin_api(web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    created = web.post_json(
+        "/admin/users",
+        {"username": "Carol", "password": "a quiet long passphrase", "scopes": ["read"]},
+        headers=admin,
+        status=201,
+    ).json
+    assert created["user"] == {
+        **created["user"],
+        "username": "carol",
+        "scopes": ["read"],
+        "disabled": False,
+    }
+    again = web.post_json(
+        "/admin/users",
+        {"username": "carol", "password": "a quiet long passphrase"},
+        headers=admin,
+        status=409,
+    )
+    assert again.json["error"]["code"] == "USER_EXISTS"
+    listing = web.get("/admin/users", headers=admin).json
+    assert [u["username"] for u in listing["users"]] == ["admin", "carol"]
+    assert all("password" not in str(u) and "hash" not in str(u) for u in listing["users"])
+    carol = bearer(login(web, "carol", "a quiet long passphrase")["token"])
+    web.get("/admin/users", headers=carol, status=403)
+    web.patch_json("/admin/users/carol", {"scopes": ["read", "write"]}, headers=admin)
+    web.patch_json("/admin/users/carol", {"colour": "red"}, headers=admin, status=400)
+    web.patch_json("/admin/users/carol", {"disabled": True}, headers=admin)
+    web.post_json(
+        "/auth/login", {"username": "carol", "password": "a quiet long passphrase"}, status=401
+    )
+    web.delete("/admin/users/carol", headers=admin, status=204)
+    web.delete("/admin/users/carol", headers=admin, status=404)
+
+
+def test_keys_rotation_keeps_old_tokens_valid(web: webtest.TestApp) -> None:
+    old = login(web)["token"]
+    keys = web.get("/admin/keys", headers=bearer(old)).json["keys"]
+    assert all(set(k) == {"kid", "created_at", "retired_at", "current"} for k in keys)
+    rotated = web.post("/admin/keys/rotate", headers=bearer(old)).json
+    new = login(web)["token"]
+    assert jwt.get_unverified_header(new)["kid"] == rotated["kid"]
+    assert jwt.get_unverified_header(old)["kid"] != rotated["kid"]
+    web.get("/admin/keys", headers=bearer(old))
+    web.get("/admin/keys", headers=bearer(new))
+
+
+def test_api_tokens(web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    made = web.post_json(
+        "/admin/tokens",
+        {"name": "ci", "scopes": ["read", "write"], "expires_in": 3600},
+        headers=admin,
+        status=201,
+    ).json
+    assert set(made) >= {"ok", "id", "token", "name", "scopes", "expires_at"}
+    ci = bearer(made["token"])
+    web.put(
+        "/v1/acme/app/1.0.0/linux/blob",
+        b"x",
+        headers={**ci, "Content-Type": "application/octet-stream"},
+        status=201,
+    )
+    web.get("/admin/tokens", headers=ci, status=403)
+    listed = web.get("/admin/tokens", headers=admin).json["tokens"]
+    assert [t["id"] for t in listed] == [made["id"]] and "token" not in listed[0]
+    web.delete(f"/admin/tokens/{made['id']}", headers=admin, status=204)
+    web.get("/v1/acme/app/latest", headers=ci, status=401)
+
+
+def test_config_and_features(web: webtest.TestApp, stack: GoodrepoApp) -> None:
+    admin = bearer(login(web)["token"])
+    config = web.get("/admin/config", headers=admin).json["config"]
+    assert config == stack.repo.schema
+    broken = {**config, "routes": []}
+    res = web.put_json("/admin/config", broken, headers=admin, status=422)
+    assert res.json["error"]["code"] == "INVALID_CONFIG"
+    assert res.json["error"]["details"]["problems"][0]["path"].startswith("$")
+    web.put("/admin/config", b'{"a": 1, "a": 2}', headers=admin, status=422)
+    assert stack.repo.schema == config
+    config["features"]["mutable_tags"] = False
+    web.put_json("/admin/config", config, headers=admin)
+    assert web.get("/admin/features", headers=admin).json["features"]["mutable_tags"] is False
+    web.put_json("/admin/features", {"mutable_tags": True}, headers=admin)
+    assert stack.repo.schema["features"]["mutable_tags"] is True
+    res = web.put_json("/admin/features", {"teleport": True}, headers=admin, status=422)
+    assert res.json["error"]["code"] == "INVALID_CONFIG"
+    for path in ["/admin/entities", "/admin/routes", "/admin/blob-stores", "/admin/auth/scopes"]:
+        assert web.get(path, headers=admin).json["ok"] is True
+
+
+def test_rocksdb_and_events(web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    for version in ("1.0.0", "2.0.0"):
+        web.put(
+            f"/v1/acme/app/{version}/linux/blob",
+            b"x",
+            headers={**admin, "Content-Type": "application/octet-stream"},
+        )
+    stats = web.get("/rocksdb/stats", headers=admin).json
+    assert stats["approximate"] is True and stats["stats"]["estimate-num-keys"] >= 1
+    keys = web.get("/rocksdb/keys?prefix=d:&limit=1", headers=admin).json
+    assert len(keys["keys"]) == 1 and keys["truncated"] is True
+    web.get("/rocksdb/keys?limit=5000", headers=admin, status=400)
+    events = web.get("/v1/events?after=0&limit=10", headers=admin).json
+    assert events["events"][0]["type"] == "artifact.published"
+    assert events["next_after"] == events["events"][-1]["seq"]
+
+
+def test_admin_endpoints_need_admin(web: webtest.TestApp) -> None:
+    for path in ["/admin/config", "/admin/users", "/rocksdb/stats", "/v1/events"]:
+        res = web.get(path, status=401)
+        assert res.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_metrics_access(tmp_path: Path) -> None:
+    app = make(tmp_path, metrics_token="a-static-metrics-token-0123456789")
+    try:
+        web = webtest.TestApp(app)
+        web.get("/metrics", status=401)
+        web.get("/metrics", headers=bearer("nope"), status=401)
+        text = web.get("/metrics", headers=bearer("a-static-metrics-token-0123456789")).text
+        assert "goodrepo_http_requests_total" in text
+        token = login(web)["token"]
+        assert "goodrepo_http_requests_total" in web.get("/metrics", headers=bearer(token)).text
+    finally:
+        app.close()
+
+
+def test_health_needs_no_token(web: webtest.TestApp) -> None:
+    assert web.get("/health").json == {"status": "healthy"}
+    web.get("/health/live")
+    ready = web.get("/health/ready").json
+    assert ready["status"] == "ready" or ready.get("checks")
+
+
+def test_anonymous_read(tmp_path: Path) -> None:
+    app = make(tmp_path, allow_anon_read=True)
+    try:
+        web = webtest.TestApp(app)
+        admin = bearer(login(web)["token"])
+        web.put(
+            "/v1/acme/app/1.0.0/linux/blob",
+            b"x",
+            headers={**admin, "Content-Type": "application/octet-stream"},
+        )
+        assert web.get("/v1/acme/app/latest").json["version"] == "1.0.0"
+        web.put(
+            "/v1/acme/app/2.0.0/linux/blob",
+            b"y",
+            headers={"Content-Type": "application/octet-stream"},
+            status=401,
+        )
+        web.get("/admin/users", status=401)
+    finally:
+        app.close()
+
+
+def test_security_headers_and_request_id(web: webtest.TestApp) -> None:
+    res = web.get("/v1/acme/app/latest", status=401, headers={"X-Request-ID": "abc-123"})
+    assert res.headers["X-Request-ID"] == "abc-123"
+    assert res.json["error"]["request_id"] == "abc-123"
+    assert res.headers["X-Content-Type-Options"] == "nosniff"
+    bad = web.get("/health", headers={"X-Request-ID": "bad id\u00e9"[:6]})
+    assert bad.headers["X-Request-ID"] != "bad id"
