@@ -7,7 +7,7 @@ from typing import Any
 from werkzeug.wsgi import get_input_stream
 
 from ..errors import LengthRequired, PayloadTooLarge, StoreError, ValidationError
-from ..storage.blobs import expected_digest_from_environ
+from ..storage.blob_http import expected_digest_from_environ
 from .context import RequestContext
 from .registry import Arg, Runner, op
 from .runtime import Runtime

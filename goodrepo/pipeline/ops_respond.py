@@ -11,7 +11,7 @@ from werkzeug.http import parse_etags
 from werkzeug.wrappers import Response
 
 from ..errors import PreconditionFailed, error_for
-from ..storage.blobs import blob_response
+from ..storage.blob_http import blob_response
 from ..storage.kv import dumps
 from .context import RequestContext
 from .registry import Arg, Runner, op

@@ -30,14 +30,14 @@ from goodrepo.errors import (
     StoreError,
     ValidationError,
 )
-from goodrepo.storage.blobs import (
-    BlobStore,
+from goodrepo.storage.blob_http import (
     blob_response,
     digest_headers,
     expected_digest_from_environ,
     parse_checksum_header,
     parse_content_digest,
 )
+from goodrepo.storage.blobs import BlobStore
 
 HELLO = b"hello"
 HELLO_HEX = hashlib.sha256(HELLO).hexdigest()
