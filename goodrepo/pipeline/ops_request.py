@@ -89,9 +89,10 @@ def _query_param(name: str, spec: dict[str, Any], rt: Runtime) -> Any:
                 if not raw.isascii() or not raw.isprintable() or len(raw) > 256:
                     raise bad("must be printable ASCII")
                 return raw
-            if kind == "prefix":
-                return entity.normalize(field, raw)
-            return entity.clean(field, raw)
+            value = entity.normalize(field, raw, label=name)
+            if kind == "string":
+                entity.validate(field, value, label=name)
+            return value
 
     else:  # the validator only lets the kinds above through
         raise ValueError(f"unknown query parameter type {kind}")
