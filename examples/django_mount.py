@@ -137,7 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  {password}",
                 flush=True,
             )
-        waitress.serve(application, host=args.host, port=args.port, threads=repo.settings.threads)
+        waitress.serve(
+            application,
+            host=args.host,
+            port=args.port,
+            threads=repo.settings.threads,
+            # waitress drops X-Forwarded-For by default; with trusted proxies configured,
+            # keep it for goodrepo, which believes it only from those addresses.
+            clear_untrusted_proxy_headers=not repo.settings.trusted_proxies,
+        )
     except KeyboardInterrupt:
         pass  # a stop signal before waitress started
     finally:

@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=settings.threads,
             channel_timeout=settings.channel_timeout,
             max_request_body_size=max(max_body, 1 << 20),
+            # waitress drops X-Forwarded-For by default; with trusted proxies configured,
+            # keep it for goodrepo, which believes it only from those addresses.
+            clear_untrusted_proxy_headers=not settings.trusted_proxies,
         )
     except KeyboardInterrupt:
         pass  # a stop signal before waitress started

@@ -197,6 +197,26 @@ def test_waitress_server(start: Callable[..., Server], tmp_path: Path) -> None:
     assert again.stop() == 0
 
 
+def test_waitress_server_behind_a_trusted_proxy(
+    start: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = start(
+        "waitress_server",
+        tmp_path / "data",
+        GOODREPO_TRUSTED_PROXIES="127.0.0.1",
+        GOODREPO_LOGIN_RATE_LIMIT="2/minute",
+    )
+
+    def attempt(client: str, username: str) -> int:
+        body = {"username": username, "password": "wrong password"}
+        answer = post(server.url + "/auth/login", json=body, headers={"X-Forwarded-For": client})
+        return int(answer.status_code)
+
+    assert [attempt("203.0.113.1", f"user{i}") for i in range(3)] == [401, 401, 429]
+    assert attempt("203.0.113.2", "user9") == 401  # another client behind the same proxy
+    assert '"client": "203.0.113.2"' in server.logs()
+
+
 @pytest.mark.parametrize("name", ["flask_mount", "django_mount"])
 def test_mounted_under_a_prefix(name: str, start: Callable[..., Server], tmp_path: Path) -> None:
     server = start(
