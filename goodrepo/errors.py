@@ -181,14 +181,6 @@ class ConfigurationError(ValueError):
     """Raised at start-up when a setting is unknown, malformed or contradictory."""
 
 
-def error_for(code: str, status: int, message: str, details: dict | None = None) -> GoodrepoError:
-    """Build an error with an arbitrary code, as the ``respond.error`` op declares it."""
-    err = GoodrepoError(message, details=details)
-    err.code = code
-    err.status = status
-    return err
-
-
 class InvalidCredentials(Unauthorized):
     """Raised when a login fails: unknown user, wrong password or disabled account alike."""
 
@@ -229,3 +221,27 @@ class RateLimited(GoodrepoError):
             details={"retry_after": self.retry_after},
             headers={"Retry-After": str(self.retry_after)},
         )
+
+
+def _simple_classes() -> dict[tuple[str, int], type[GoodrepoError]]:
+    """Error classes constructed as ``cls(message, details=...)``, by (code, status)."""
+    found: dict[tuple[str, int], type[GoodrepoError]] = {}
+    stack: list[type[GoodrepoError]] = [GoodrepoError]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__init__ in (GoodrepoError.__init__, Unauthorized.__init__):
+            found.setdefault((cls.code, cls.status), cls)
+    return found
+
+
+def error_for(code: str, status: int, message: str, details: dict | None = None) -> GoodrepoError:
+    """Build the error a schema's ``respond.error`` declares: the class of that code and
+    status when there is one (so ``except NotFound`` works), else a generic error."""
+    cls = _simple_classes().get((code, status))
+    if cls is not None:
+        return cls(message, details=details)
+    err = GoodrepoError(message, details=details)
+    err.code = code
+    err.status = status
+    return err

@@ -31,8 +31,9 @@ from middleware.keys import PRINCIPAL
 
 from . import schema as schema_mod
 from .app import CoreApp
-from .errors import GoodrepoError, InvalidConfig, ValidationError, error_for
+from .errors import GoodrepoError, InvalidConfig, ValidationError
 from .pipeline import Runtime, Services
+from .pipeline.context import RequestContext
 from .storage.events import EventLog
 from .storage.kv import KV
 
@@ -68,6 +69,7 @@ class Repository:
             else:
                 active = schema_mod.validate(stored)
             self._runtime = Runtime(active, self.services)
+            self.services.cache.configure(active.get("caching", {}))
         except BaseException:
             self.kv.close()
             raise
@@ -112,6 +114,7 @@ class Repository:
             with self.kv.transaction() as txn:
                 txn.put_json(SCHEMA_KEY, validated)
                 self.events.emit(txn, "schema.replaced", {"by": by})
+            self.services.cache.configure(validated.get("caching", {}))
             self._runtime = runtime
         log.info("schema replaced by %s", by)
 
@@ -158,23 +161,35 @@ class Repository:
         principal: dict[str, Any] | None = None,
         content_length: int | None = None,
     ) -> Response:
-        """Run route ``route_id`` in-process, as a trusted caller; raises GoodrepoError."""
+        """Run route ``route_id`` in-process, as a trusted caller.
+
+        The route's pipeline runs as it does for HTTP requests, and its errors are raised
+        as the :class:`~goodrepo.errors.GoodrepoError` subclasses of their codes.
+        ``body`` may be any binary stream; without ``content_length`` (and when it cannot
+        be measured) it is read to its end.
+        """
         runtime = self.runtime
         route = runtime.routes.get(route_id)
         if route is None:
             raise GoodrepoError(f"the active schema has no route {route_id!r}")
         path = runtime.url_map.bind("localhost").build(route_id, values, append_unknown=False)
-        builder = EnvironBuilder(
+        environ = EnvironBuilder(
             path=path,
             method=method or route.method,
             query_string=query,
             headers=list((headers or {}).items()),
             json=json_body,
-            input_stream=io.BytesIO(body) if isinstance(body, bytes) else body,
-            content_length=len(body) if isinstance(body, bytes) else content_length,
-            content_type="application/octet-stream" if body is not None else None,
-        )
-        environ = builder.get_environ()
+        ).get_environ()
+        if body is not None:
+            stream = io.BytesIO(body) if isinstance(body, bytes) else body
+            length = len(body) if isinstance(body, bytes) else content_length
+            environ["wsgi.input"] = stream
+            environ["CONTENT_TYPE"] = "application/octet-stream"
+            if length is None:
+                environ.pop("CONTENT_LENGTH", None)
+                environ["wsgi.input_terminated"] = True
+            else:
+                environ["CONTENT_LENGTH"] = str(length)
         environ[PRINCIPAL] = principal or {
             "sub": "system",
             "scopes": ["admin"],
@@ -182,12 +197,11 @@ class Repository:
             "claims": {},
             "anonymous": False,
         }
-        response = Response.from_app(CoreApp(self), environ)
-        if response.status_code >= 400:
-            data = json.loads(response.get_data())["error"]
-            raise error_for(
-                data["code"], response.status_code, data["message"], data.get("details")
-            )
+        ctx = RequestContext(runtime, environ, dict(values))
+        try:
+            response: Response = route.run(ctx)
+        finally:
+            ctx.close()
         return response
 
     def publish(
@@ -226,12 +240,11 @@ class Repository:
                 "publish_blob", values, body=source, headers=headers, principal=principal
             )
         else:
-            length = _remaining(source)
             response = self.call(
                 "publish_blob",
                 values,
                 body=source,
-                content_length=length,
+                content_length=_remaining(source),
                 headers=headers,
                 principal=principal,
             )

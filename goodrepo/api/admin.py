@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import schema as schema_mod
 from ..errors import InvalidRequest, PayloadTooLarge
+from ..pipeline.ops_request import read_upto
 from .base import ApiRequest, Endpoint, field
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class AdminEndpoints:
         length = req.request.content_length
         if length is not None and length > MAX_SCHEMA_BYTES:
             raise PayloadTooLarge(f"a schema is limited to {MAX_SCHEMA_BYTES} bytes")
-        raw = req.request.stream.read(MAX_SCHEMA_BYTES + 1)
+        raw = read_upto(req.request.stream, MAX_SCHEMA_BYTES + 1)
         if len(raw) > MAX_SCHEMA_BYTES:
             raise PayloadTooLarge(f"a schema is limited to {MAX_SCHEMA_BYTES} bytes")
         self.repo.replace_schema(schema_mod.parse_text(raw), by=req.sub)

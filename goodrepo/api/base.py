@@ -23,6 +23,7 @@ from middleware.keys import CLIENT_ADDR, PRINCIPAL, ROUTE
 from ..app import WSGIApp, error_response, request_id_of
 from ..errors import Forbidden, GoodrepoError, InvalidRequest, PayloadTooLarge, Unauthorized
 from ..errors import MethodNotAllowed as MethodNotAllowedError
+from ..pipeline.ops_request import read_upto
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ApiRequest:
         length = self.request.content_length
         if length is not None and length > MAX_BODY:
             raise PayloadTooLarge(f"JSON bodies are limited to {MAX_BODY} bytes")
-        raw = self.request.stream.read(MAX_BODY + 1)
+        raw = read_upto(self.request.stream, MAX_BODY + 1)
         if len(raw) > MAX_BODY:
             raise PayloadTooLarge(f"JSON bodies are limited to {MAX_BODY} bytes")
         try:

@@ -115,6 +115,18 @@ def _parse_query(args: dict[str, Any], rt: Runtime) -> Runner:
     return run
 
 
+def read_upto(stream: Any, limit: int) -> bytes:
+    """Read until EOF or ``limit`` bytes, however few bytes each read returns."""
+    parts, size = [], 0
+    while size < limit:
+        chunk = stream.read(min(65536, limit - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 @op("parse.json", out=Arg("var", required=True), reads_body=True)
 def _parse_json(args: dict[str, Any], rt: Runtime) -> Runner:
     limit = rt.limits["max_json_bytes"]
@@ -124,7 +136,7 @@ def _parse_json(args: dict[str, Any], rt: Runtime) -> Runner:
         length = ctx.request.content_length
         if length is not None and length > limit:
             raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
-        raw = ctx.request.stream.read(limit + 1)
+        raw = read_upto(ctx.request.stream, limit + 1)
         if len(raw) > limit:
             raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import Conflict, InvalidRequest, PayloadTooLarge, StoreError
+from ..errors import InvalidRequest, PayloadTooLarge, StoreError, error_for
 from ..storage.index import scan_page
 from ..storage.kv import dumps
 from .context import RequestContext
@@ -139,9 +139,7 @@ def _kv_cas_put(args: dict[str, Any], rt: Runtime) -> Runner:
                     compare: existing.get(compare),
                     "identical": existing.get(compare) == rendered.get(compare),
                 }
-            err = Conflict(message.render(ctx), details=details)
-            err.code = code
-            raise err
+            raise error_for(code, 409, message.render(ctx), details)
         if out:
             ctx.set(out, rendered)
 
@@ -325,16 +323,17 @@ def _cache_get(args: dict[str, Any], rt: Runtime) -> Runner:
     out = args["out"]
 
     def run(ctx: RequestContext) -> None:
-        if rt.cache is None:
+        cache = rt.cache
+        if cache is None:
             return
         k = key.render(ctx)
-        hit, value, token = rt.cache.get(k)
+        hit, value, token = cache.get(k)
         if hit:
             ctx.cache_hits.add(k)
             ctx.set(out, value)
             ctx.count("response_cache_hits")
         else:
-            ctx.cache_tokens[k] = token
+            ctx.cache_tokens[k] = (cache, token)
 
     return run
 
@@ -351,13 +350,15 @@ def _cache_put(args: dict[str, Any], rt: Runtime) -> Runner:
     ttl = args.get("ttl")
 
     def run(ctx: RequestContext) -> None:
-        if rt.cache is None:
-            return
+        cache = rt.cache
         k = key.render(ctx)
-        v = value.render(ctx)
-        if k in ctx.cache_hits or v is None or k not in ctx.cache_tokens:
+        seen = ctx.cache_tokens.get(k)
+        # Only what this request read after a miss, from the cache that is still current.
+        if cache is None or seen is None or seen[0] is not cache or k in ctx.cache_hits:
             return
-        rt.cache.put(k, v, ttl=ttl, token=ctx.cache_tokens[k])
+        v = value.render(ctx)
+        if v is not None:
+            cache.put(k, v, ttl=ttl, token=seen[1])
 
     return run
 
@@ -367,8 +368,9 @@ def _cache_invalidate(args: dict[str, Any], rt: Runtime) -> Runner:
     prefix = compile_value(args["prefix"])
 
     def run(ctx: RequestContext) -> None:
-        if rt.cache is not None:
-            rt.cache.invalidate_prefix(prefix.render(ctx))
+        cache = rt.cache
+        if cache is not None:
+            cache.invalidate_prefix(prefix.render(ctx))
 
     return run
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +36,42 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]*")
 
 
+class CacheSlot:
+    """The response cache of a repository, shared by the runtimes of successive schemas.
+
+    Every runtime reads the cache through the slot when a request runs, so a write that
+    started under an old schema still invalidates the cache the new schema fills.
+    """
+
+    def __init__(self) -> None:
+        self.current: ResponseCache | None = None
+        self._config: dict[str, Any] | None = None
+
+    def configure(self, caching: dict[str, Any]) -> None:
+        """Apply a schema's ``caching`` section; the cached entries are dropped."""
+        if caching == self._config and self.current is not None:
+            self.current.clear()
+            return
+        self._config = dict(caching)
+        self.current = None
+        if caching.get("enabled", False):
+            self.current = ResponseCache(
+                max_entries=caching.get("max_entries", 4096),
+                max_bytes=caching.get("max_bytes", 32 << 20),
+                default_ttl=float(caching.get("default_ttl_seconds", 30)),
+                max_entry_bytes=caching.get("max_entry_bytes", 256 << 10),
+            )
+
+
 @dataclass(frozen=True)
 class Services:
-    """What outlives a schema: the data directory, the KV store and the event log."""
+    """What outlives a schema: the data directory, the KV store, the event log and the
+    response cache slot."""
 
     data_dir: Path
     kv: KV
     events: EventLog
+    cache: CacheSlot = field(default_factory=CacheSlot)
 
 
 class Document:
@@ -169,15 +198,6 @@ class Runtime:
             name: Draft202012Validator(s)
             for name, s in schema.get("validation", {}).get("json_schemas", {}).items()
         }
-        caching = schema.get("caching", {})
-        self.cache: ResponseCache | None = None
-        if caching.get("enabled", False):
-            self.cache = ResponseCache(
-                max_entries=caching.get("max_entries", 4096),
-                max_bytes=caching.get("max_bytes", 32 << 20),
-                default_ttl=float(caching.get("default_ttl_seconds", 30)),
-                max_entry_bytes=caching.get("max_entry_bytes", 256 << 10),
-            )
         self.routes: dict[str, Route] = {}
         rules = []
         for spec in schema["routes"]:
@@ -185,6 +205,11 @@ class Runtime:
             self.routes[route.id] = route
             rules.append(Rule(rule_path(route.path), endpoint=route.id, methods=[route.method]))
         self.url_map = Map(rules, strict_slashes=False, merge_slashes=False)
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The repository's response cache as it is now (None when caching is off)."""
+        return self.services.cache.current
 
     def _resolve(self, root: str) -> Path:
         path = Path(root)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,35 +38,40 @@ from .kv import KV, Transaction, loads
 SEP = b"\x00"
 
 
-def encode_cursor(key_suffix: bytes) -> str:
-    """An opaque cursor for the position after ``key_suffix`` within a prefix."""
-    return base64.urlsafe_b64encode(key_suffix).decode("ascii").rstrip("=")
+def _tag(scope: bytes) -> bytes:
+    return hashlib.sha256(scope).digest()[:4]
 
 
-def decode_cursor(cursor: str | None) -> bytes | None:
-    """The key suffix inside an opaque cursor; INVALID_REQUEST when it is not one of ours."""
+def encode_cursor(key_suffix: bytes, scope: bytes) -> str:
+    """An opaque cursor for the position after ``key_suffix`` in the listing ``scope``."""
+    raw = _tag(scope) + key_suffix
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str | None, scope: bytes) -> bytes | None:
+    """The key suffix inside a cursor of listing ``scope``; INVALID_REQUEST for any other."""
     if cursor is None or cursor == "":
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError) as err:
         raise InvalidRequest("cursor is not valid", details={"field": "cursor"}) from err
-    if not raw or len(raw) > 1024:
-        raise InvalidRequest("cursor is not valid", details={"field": "cursor"})
-    return raw
+    if len(raw) <= 4 or len(raw) > 1024 or raw[:4] != _tag(scope):
+        raise InvalidRequest("cursor is not valid for this listing", details={"field": "cursor"})
+    return raw[4:]
 
 
 def scan_page(
     kv: KV, prefix: bytes, *, limit: int, cursor: str | None, reverse: bool = False
 ) -> tuple[list[tuple[bytes, Any]], str | None]:
     """One page of ``(key suffix, document)`` under ``prefix`` and the next cursor."""
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, prefix)
     start = prefix + after if after is not None else None
     rows = [
         (key[len(prefix) :], loads(value))
         for key, value in kv.scan(prefix, start=start, reverse=reverse, limit=limit + 1)
     ]
-    next_cursor = encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
+    next_cursor = encode_cursor(rows[limit - 1][0], prefix) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
@@ -194,12 +200,11 @@ class VersionIndex:
         """Child groups of ``parent`` with their counts, in name order, paginated."""
         base = self._counter_key([*parent, ""])[:-1]  # counter keys one level down
         prefix = base + _enc(name_prefix)
-        after = decode_cursor(cursor)
-        if after is not None and not after.startswith(_enc(name_prefix)):
-            raise InvalidRequest("cursor does not belong to this listing")
+        scope = prefix + b"\x00groups"
+        after = decode_cursor(cursor, scope)
         start = base + after if after is not None else None
         rows = []
         for key, value in self.kv.scan(prefix, start=start, limit=limit + 1):
             rows.append((key[len(base) : -1], loads(value)["count"]))
-        nxt = encode_cursor(rows[limit - 1][0] + SEP) if len(rows) > limit else None
+        nxt = encode_cursor(rows[limit - 1][0] + SEP, scope) if len(rows) > limit else None
         return [(k.decode("ascii"), n) for k, n in rows[:limit]], nxt

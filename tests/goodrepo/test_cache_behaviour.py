@@ -209,13 +209,6 @@ def slow_publish(repo: Repository) -> Iterator[tuple[BlockingBody, threading.Thr
         thread.join(TIMEOUT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/runtime.py builds a new ResponseCache for every Runtime, and a write "
-    "that started on the old runtime runs its cache.invalidate on the old runtime's cache "
-    "only: an answer cached by the new runtime while that write was in flight stays stale "
-    "until its TTL expires",
-)
 def test_write_in_flight_across_a_schema_swap_invalidates_the_new_cache(
     repo: Repository, client: webtest.TestApp, slow_publish: Any
 ) -> None:

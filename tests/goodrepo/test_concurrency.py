@@ -334,13 +334,6 @@ def test_upload_arriving_in_small_pieces(repo: Repository) -> None:
     assert res.get_json()["digest"] == sha(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/ops_request.py parse.json reads the body with a single "
-    "request.stream.read(limit + 1) and parses whatever that one read returned; a JSON "
-    "body delivered in several reads (short reads from wsgi.input) is cut off and "
-    "answered 400 INVALID_REQUEST",
-)
 def test_json_body_arriving_in_small_pieces(repo: Repository) -> None:
     repo.publish("acme", "app", "1.0.0", "linux", b"x")
     body = json.dumps({"target_version": "1.0.0", "target_variant": "linux"}).encode()

@@ -226,21 +226,12 @@ def test_cursor_made_for_another_q_is_refused(client: webtest.TestApp) -> None:
     assert err["code"] == "INVALID_REQUEST"
 
 
-_FOREIGN_CURSOR_BUG = (
-    "storage/index.py decode_cursor/VersionIndex.groups and scan_page: a cursor is the bare "
-    "base64 of a key suffix, with nothing naming the listing it was made for, so a cursor "
-    "from another listing (or any decodable garbage) is accepted as a position instead of "
-    "400 INVALID_REQUEST"
-)
-
-
 def _cursor_of(client: webtest.TestApp, url: str) -> str:
     cursor = client.get(url).json["next_cursor"]
     assert cursor
     return str(cursor)
 
 
-@pytest.mark.xfail(strict=True, reason=_FOREIGN_CURSOR_BUG)
 @pytest.mark.parametrize(
     ("source", "target"),
     [

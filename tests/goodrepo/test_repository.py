@@ -161,15 +161,6 @@ def _pipe_with(data: bytes) -> Any:
     return open(r, "rb")  # closed by the test
 
 
-_STREAM_BUG = (
-    "repository.py Repository.call passes the stream to werkzeug's EnvironBuilder as "
-    "input_stream; EnvironBuilder.get_environ() calls tell()/seek() on it to compute the "
-    "length (overriding content_length), so a non-seekable stream raises OSError/"
-    "AttributeError instead of being published"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_STREAM_BUG)
 @pytest.mark.parametrize(
     "make_stream",
     [pytest.param(_pipe_with, id="pipe"), pytest.param(ReadOnlyStream, id="read-only")],
@@ -213,15 +204,6 @@ def test_publish_refuses_bad_identifiers_and_republish(repo: Repository) -> None
     assert info.value.details == {"blob_digest": sha(b"x"), "identical": True}
 
 
-_ERROR_CLASS_BUG = (
-    "repository.py Repository.call turns error answers back into exceptions with "
-    "errors.error_for(), which always builds a plain GoodrepoError with the code patched "
-    "in, so `except NotFound` (as Repository.metadata's docstring promises), "
-    "`except DigestMismatch` or `except AlreadyExists` never catch anything"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_ERROR_CLASS_BUG)
 @pytest.mark.parametrize(
     ("action", "cls"),
     [
