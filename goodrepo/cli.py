@@ -84,7 +84,9 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
         channel_timeout=settings.channel_timeout,
         max_request_body_size=max(max_body, 1 << 20),
         ident="goodrepo",
-        clear_untrusted_proxy_headers=True,
+        # The rate-limit middleware reads X-Forwarded-For itself, from trusted proxies
+        # only; waitress would otherwise drop the header before it gets there.
+        clear_untrusted_proxy_headers=not settings.trusted_proxies,
     )
     stopping = threading.Event()
 
