@@ -4,7 +4,7 @@ This is what ``goodrepo serve`` does, written out as a short program: the stack 
 :func:`goodrepo.create_app` (settings from defaults < ``GOODREPO_CONFIG`` < ``GOODREPO_*``
 environment variables < the options below), a fresh data directory gets an ``admin`` user
 (with ``GOODREPO_ADMIN_PASSWORD``, or a generated password printed once), and
-``waitress.serve`` runs it until Ctrl-C or SIGTERM.
+``waitress.serve`` runs it until Ctrl-C or SIGTERM. Logs are JSON lines on standard error.
 
 Run it (from a checkout, after ``pip install .``)::
 
