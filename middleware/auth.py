@@ -40,6 +40,10 @@ Options:
     a callable ``claims -> bool``; ``True`` refuses the token (API tokens revoked early).
 ``realm``
     the realm of the challenge sent when no token is present (default ``"goodrepo"``).
+``cache_size``
+    how many verified tokens to remember (default 1024; 0 turns the cache off). A token
+    seen again skips the signature check while its key is still the ring's key for its
+    ``kid`` and it has not expired; the revocation callback still runs on every request.
 
 Usage::
 
@@ -57,6 +61,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -177,6 +183,34 @@ class _KeyRing:
         return prepared
 
 
+class _VerifiedTokens:
+    """Tokens that passed verification, with the key that verified them; bounded, FIFO.
+
+    Shared by all requests on purpose: pyjwt's parsing and signature check are most of
+    this middleware's cost, and a client sends the same token many times.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: dict[str, tuple[str, _Key, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> tuple[str, _Key, dict[str, Any]] | None:
+        return self._entries.get(token) if self._size else None
+
+    def put(self, token: str, kid: str, key: _Key, claims: dict[str, Any]) -> None:
+        if not self._size:
+            return
+        with self._lock:
+            while len(self._entries) >= self._size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[token] = (kid, key, claims)
+
+    def drop(self, token: str) -> None:
+        with self._lock:
+            self._entries.pop(token, None)
+
+
 def _anonymous_principal() -> dict[str, Any]:
     return {
         "sub": "anonymous",
@@ -208,6 +242,7 @@ class JWTAuthMiddleware:
         allow_anonymous_read: bool = False,
         is_revoked: Callable[[dict[str, Any]], bool] | None = None,
         realm: str = "goodrepo",
+        cache_size: int = 1024,
     ) -> None:
         self.app = app
         if isinstance(algorithms, str):
@@ -254,6 +289,9 @@ class JWTAuthMiddleware:
         self._is_revoked = is_revoked
         if not isinstance(realm, str) or not _REALM.fullmatch(realm):
             raise ValueError("realm: expected printable ASCII without quotes or backslashes")
+        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 0:
+            raise ValueError("cache_size: expected a whole number >= 0")
+        self._verified = _VerifiedTokens(cache_size)
         self._missing_challenge = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
         self._invalid_challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
         self._options: Options = {
@@ -304,6 +342,9 @@ class JWTAuthMiddleware:
             raise _Refused("not a bearer token")
         if len(token) > _MAX_TOKEN_LENGTH:
             raise _Refused("token too long")
+        remembered = self._remembered(token)
+        if remembered is not None:
+            return self._accept(remembered)
         kid = jwt.get_unverified_header(token).get("kid")
         if not isinstance(kid, str):
             raise _Refused("no key id")
@@ -319,8 +360,25 @@ class JWTAuthMiddleware:
             audience=self._audience,
             leeway=self._leeway,
         )
+        principal = self._accept(claims)
+        self._verified.put(token, kid, key, claims)
+        return principal
+
+    def _remembered(self, token: str) -> dict[str, Any] | None:
+        """The claims of ``token`` if it was verified before and still would be."""
+        cached = self._verified.get(token)
+        if cached is None:
+            return None
+        kid, key, claims = cached
+        if self._keys.get(kid) is key and claims["exp"] > time.time() - self._leeway:
+            return claims
+        self._verified.drop(token)  # its key rotated out, or it expired: verify afresh
+        return None
+
+    def _accept(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """The principal for verified ``claims``, unless the token was revoked."""
         principal = self._principal(claims)
-        if self._is_revoked is not None and self._is_revoked(claims):
+        if self._is_revoked is not None and self._is_revoked(principal["claims"]):
             raise _Revoked("token revoked")
         return principal
 
@@ -349,7 +407,7 @@ class JWTAuthMiddleware:
             "sub": sub,
             "scopes": list(scopes),
             "token_id": token_id if isinstance(token_id, str) else None,
-            "claims": claims,
+            "claims": dict(claims),  # a copy: the cached claims must not change
             "anonymous": False,
         }
 

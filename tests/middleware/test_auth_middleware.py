@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
@@ -407,6 +408,7 @@ CONFIG_ERRORS = [
     pytest.param({"issuer": ""}, "issuer", id="empty-issuer"),
     pytest.param({"audience": []}, "audience", id="empty-audience"),
     pytest.param({"is_revoked": "yes"}, "is_revoked", id="revocation-not-callable"),
+    pytest.param({"cache_size": -1}, "cache_size", id="negative-cache"),
 ]
 
 
@@ -420,3 +422,94 @@ def test_bad_configuration_is_refused_naming_the_option(options: dict, named: st
 def test_an_rsa_key_with_an_hmac_only_allow_list_is_refused(rsa_private_key: Any) -> None:
     with pytest.raises(ValueError, match="keys\\['rs'\\]"):
         JWTAuthMiddleware(RecordingApp(), keys={"rs": public_pem(rsa_private_key)})
+
+
+class CountingDecode:
+    """Counts pyjwt signature checks made through the middleware."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = jwt.decode
+
+        def decode(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", decode)
+
+
+def test_a_token_seen_again_skips_the_signature_check(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decode = CountingDecode(monkeypatch)
+    revocation_checks = []
+    app = TestApp(
+        JWTAuthMiddleware(
+            recording_app,
+            keys={"k1": SECRET},
+            is_revoked=lambda claims: revocation_checks.append(claims["sub"]) or False,
+        )
+    )
+    token = make_token()
+    for _ in range(3):
+        app.get("/x", headers=bearer(token))
+    assert decode.calls == 1
+    assert revocation_checks == ["alice"] * 3
+    recording_app.environ[PRINCIPAL]["claims"]["sub"] = "mallory"  # must not reach the cache
+    recording_app.environ[PRINCIPAL]["scopes"].append("admin")
+    app.get("/x", headers=bearer(token))
+    assert recording_app.environ[PRINCIPAL]["sub"] == "alice"
+    assert recording_app.environ[PRINCIPAL]["scopes"] == ["read"]
+    assert recording_app.environ[PRINCIPAL]["claims"]["sub"] == "alice"
+
+
+class _TwoMinutesLater(datetime):
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime.now(tz) + timedelta(minutes=2)
+
+
+def test_a_remembered_token_still_expires_and_is_still_revocable(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revoked: set[str] = set()
+    middleware = JWTAuthMiddleware(
+        recording_app, keys={"k1": SECRET}, leeway=0, is_revoked=lambda c: c["jti"] in revoked
+    )
+    app = TestApp(middleware)
+    short = make_token(jti="short", exp=now() + 60)
+    app.get("/x", headers=bearer(short), status=200)
+    with monkeypatch.context() as later:  # two minutes on, for the cache and for pyjwt
+        real_time = time.time
+        later.setattr(time, "time", lambda: real_time() + 120)
+        later.setattr(jwt.api_jwt, "datetime", _TwoMinutesLater)
+        response = app.get("/x", headers=bearer(short), status=401)
+    assert response.json["error"]["message"] == "the token has expired"
+    other = make_token(jti="other")
+    app.get("/x", headers=bearer(other), status=200)
+    revoked.add("other")
+    app.get("/x", headers=bearer(other), status=401)
+
+
+def test_the_cache_can_be_turned_off(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decode = CountingDecode(monkeypatch)
+    app = TestApp(JWTAuthMiddleware(recording_app, keys={"k1": SECRET}, cache_size=0))
+    token = make_token()
+    app.get("/x", headers=bearer(token))
+    app.get("/x", headers=bearer(token))
+    assert decode.calls == 2
+
+
+def test_the_cache_is_bounded(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decode = CountingDecode(monkeypatch)
+    app = TestApp(JWTAuthMiddleware(recording_app, keys={"k1": SECRET}, cache_size=2))
+    tokens = [make_token(jti=f"t{i}") for i in range(3)]
+    for token in tokens + tokens[-2:]:
+        app.get("/x", headers=bearer(token))
+    assert decode.calls == 3  # the last two stayed
+    app.get("/x", headers=bearer(tokens[0]))
+    assert decode.calls == 4  # the first was pushed out
