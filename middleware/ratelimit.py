@@ -43,10 +43,12 @@ set ``goodrepo.error_code``.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -54,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from limits import RateLimitItem, parse_many
 from limits.errors import ConfigurationError, StorageError
-from limits.storage import Storage, storage_from_string
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
 
 from middleware.errors import error_response
@@ -154,6 +156,70 @@ def _principal_key(environ: WSGIEnvironment, addr: str) -> str:
     return "addr:" + addr
 
 
+class _LeanMemoryStorage(MemoryStorage):
+    """``limits``' memory storage with each moving window kept as plain timestamps.
+
+    ``MemoryStorage`` keeps one ``Entry`` object per hit and expires them from a timer
+    thread it restarts every 10 ms. Under load those objects make the garbage collector
+    run full collections, and every thread start stalls the request that makes it; in a
+    threaded server that costs more than the rest of the stack. Here a window is a sorted
+    list of floats (which the collector does not track), trimmed whenever its key is used;
+    windows of idle keys are dropped by a sweep at most every ``_SWEEP_INTERVAL`` seconds,
+    on the request path, so no thread is involved. The counters of the other strategies
+    are ``MemoryStorage``'s own.
+    """
+
+    def __init__(self, uri: str | None = None, **options: Any) -> None:
+        super().__init__(uri, **options)
+        self._windows: dict[str, tuple[float, list[float]]] = {}
+        self._windows_lock = threading.Lock()
+        self._next_sweep = time.time() + _SWEEP_INTERVAL
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+        now = time.time()
+        with self._windows_lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            _, window = self._windows.setdefault(key, (expiry, []))
+            del window[: bisect.bisect_left(window, now - expiry)]
+            if len(window) + amount > limit:
+                return False
+            window.extend([now] * amount)
+            return True
+
+    def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        with self._windows_lock:
+            _, window = self._windows.get(key, (expiry, []))
+            start = bisect.bisect_left(window, now - expiry)
+            if start == len(window):
+                return now, 0
+            return window[start], len(window) - start
+
+    def clear(self, key: str) -> None:
+        super().clear(key)
+        with self._windows_lock:
+            self._windows.pop(key, None)
+
+    def reset(self) -> int | None:
+        counted = super().reset() or 0
+        with self._windows_lock:
+            counted = max(counted, len(self._windows))
+            self._windows.clear()
+        return counted
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + _SWEEP_INTERVAL
+        for key, (expiry, window) in list(self._windows.items()):
+            if not window or window[-1] < now - expiry:
+                del self._windows[key]
+
+
+_SWEEP_INTERVAL = 5.0
+
+
 class RateLimitMiddleware:
     """Answer 429 when a matching rule's limit is exhausted (see the module docstring)."""
 
@@ -186,8 +252,12 @@ class RateLimitMiddleware:
             options = dict(storage_options or {})
             if storage.startswith(("redis", "rediss")):
                 options = {**_REDIS_DEFAULTS, **options}
+            backend: Any
             try:
-                backend = storage_from_string(storage, wrap_exceptions=True, **options)
+                if storage.split("://", 1)[0] == "memory":
+                    backend = _LeanMemoryStorage(storage, wrap_exceptions=True, **options)
+                else:
+                    backend = storage_from_string(storage, wrap_exceptions=True, **options)
             except ConfigurationError as err:
                 raise ValueError(f"storage: {err}") from err
         elif isinstance(storage, Storage):

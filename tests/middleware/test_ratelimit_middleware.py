@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 from typing import Any
 
 import pytest
-from mwhelpers import Outer, RecordingApp, free_port
+from mwhelpers import Outer, RecordingApp, call, free_port
 from webtest import TestApp
 
+from middleware import ratelimit
 from middleware.keys import CLIENT_ADDR, ERROR_CODE, PRINCIPAL
 from middleware.ratelimit import RateLimitMiddleware, Rule
 
@@ -267,3 +270,63 @@ def test_bad_configuration_is_refused_naming_the_option(options: dict, named: st
     options = {"rules": [Rule("1/minute")], **options}
     with pytest.raises(ValueError, match=named):
         RateLimitMiddleware(RecordingApp(), **options)
+
+
+def test_memory_windows_hold_no_objects_the_collector_tracks(recording_app: RecordingApp) -> None:
+    middleware = RateLimitMiddleware(recording_app, rules=[Rule("1000/minute")])
+
+    def hit() -> None:
+        body = call(middleware, REMOTE_ADDR="10.0.0.1")[2]
+        body.close()
+
+    for _ in range(20):  # warm up caches
+        hit()
+    threads_before = threading.active_count()
+    gc.collect()
+    tracked_before = len(gc.get_objects())
+    for _ in range(300):
+        hit()
+    recording_app.calls.clear()
+    gc.collect()
+    assert len(gc.get_objects()) - tracked_before < 30  # not one object per hit
+    assert threading.active_count() <= threads_before  # no timer threads
+
+
+def test_memory_moving_window_slides(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1_000_000.0]
+    monkeypatch.setattr(ratelimit.time, "time", lambda: clock[0])
+    middleware = RateLimitMiddleware(recording_app, rules=[Rule("2/minute")])
+    app = TestApp(middleware)
+    app.get("/x")
+    clock[0] += 30
+    second = app.get("/x")
+    assert second.headers["RateLimit-Reset"] == "30"  # the first hit leaves the window then
+    refused = app.get("/x", status=429)
+    assert refused.headers["Retry-After"] == "30"
+    clock[0] += 30.5
+    app.get("/x")  # the first hit has left the window
+    app.get("/x", status=429)  # the second is still in it
+    clock[0] += 61
+    response = app.get("/x")
+    assert response.headers["RateLimit-Remaining"] == "1"
+
+
+def test_memory_windows_of_idle_clients_are_swept(
+    recording_app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [2_000_000.0]
+    monkeypatch.setattr(ratelimit.time, "time", lambda: clock[0])
+    middleware = RateLimitMiddleware(recording_app, rules=[Rule("5/second")])
+    app = TestApp(middleware)
+    for n in range(20):
+        app.get("/x", extra_environ=addr(f"10.0.0.{n}"))
+    storage = middleware.storage
+    assert storage.get_moving_window("unknown", 5, 1) == (clock[0], 0)
+    clock[0] += 60
+    app.get("/x", extra_environ=addr("10.9.9.9"))  # the next hit after the interval sweeps
+    assert len(storage._windows) == 1
+    storage.clear("anything")
+    assert storage.reset() == 1
+    assert len(storage._windows) == 0
