@@ -92,6 +92,7 @@ DEFAULT_COUNTERS = {
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _UNMATCHED = "unmatched"
+_MAX_CACHED_SERIES = 4096
 
 
 class MetricsRecorder:
@@ -184,6 +185,8 @@ class MetricsMiddleware:
             ["route", "code"],
             registry=self.registry,
         )
+        # Label children by (method, route, status): labels() costs more than the update.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         declared = {}
         for name, documentation in counters.items():
             if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
@@ -248,8 +251,14 @@ class MetricsMiddleware:
             route = _UNMATCHED
         status = exchange.status[:3] if exchange.status and not failed else "500"
         elapsed = time.perf_counter() - started
-        self._requests.labels(method, route, status).inc()
-        self._duration.labels(method, route, status).observe(elapsed)
+        labels = (method, route, status)
+        series = self._series.get(labels)
+        if series is None:
+            series = (self._requests.labels(*labels), self._duration.labels(*labels))
+            if len(self._series) < _MAX_CACHED_SERIES:
+                self._series[labels] = series
+        series[0].inc()
+        series[1].observe(elapsed)
         code = environ.get(ERROR_CODE)
         if isinstance(code, str) and code:
             self._errors.labels(route, code).inc()
