@@ -119,7 +119,11 @@ def _busy(server: Any) -> bool:
     dispatcher = server.task_dispatcher
     if dispatcher.active_count or dispatcher.queue:
         return True
-    return any(ch.requests or ch.total_outbufs_len for ch in list(server.active_channels.values()))
+    # A request whose body is still arriving (ch.request) is in flight too.
+    return any(
+        ch.requests or ch.request is not None or ch.total_outbufs_len
+        for ch in list(server.active_channels.values())
+    )
 
 
 def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO) -> int:
@@ -285,33 +289,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0: any)")
     serve.add_argument("--threads", type=int, help="worker threads (default 8)")
 
+    def leaf(parent: Any, name: str, text: str) -> argparse.ArgumentParser:
+        return common(parent.add_parser(name, help=text, description=text + "."))
+
     user = sub.add_parser(
         "user",
         help="manage users",
-        description="Manage users of a data "
-        "directory. Passwords are read from standard input (one line) or "
-        "asked for on a terminal; they must pass the password policy.",
+        description="Manage the users of a data directory. Passwords are read from "
+        "standard input (one line) or asked for on a terminal; they must pass the "
+        "password policy.",
     )
     usub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = common(usub.add_parser("add", help="create a user"))
-    add.add_argument("username")
+    add = leaf(usub, "add", "Create a user with the given scopes")
+    add.add_argument("username", help="the new user's name (lower-cased)")
     add.add_argument("--scopes", default="read", help="comma-separated (default: read)")
     add.add_argument(
         "--password-stdin",
         action="store_true",
         help="read the password from standard input even on a terminal",
     )
-    common(usub.add_parser("list", help="list users"))
-    passwd = common(
-        usub.add_parser("passwd", help="set a user's password (revokes the user's refresh tokens)")
+    leaf(usub, "list", "List users with their scopes and state")
+    passwd = leaf(
+        usub,
+        "passwd",
+        "Set a user's password, read from standard input or asked for on a terminal; "
+        "the user's refresh tokens are revoked",
     )
-    passwd.add_argument("username")
-    passwd.add_argument("--password-stdin", action="store_true")
-    disable = common(usub.add_parser("disable", help="disable (or --enable) a user"))
-    disable.add_argument("username")
+    passwd.add_argument("username", help="the user whose password to set")
+    passwd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input even on a terminal",
+    )
+    disable = leaf(
+        usub,
+        "disable",
+        "Disable a user (logins refused, refresh tokens revoked), or --enable them again",
+    )
+    disable.add_argument("username", help="the user to disable or enable")
     disable.add_argument("--enable", action="store_true", help="enable instead")
-    scopes = common(usub.add_parser("scopes", help="set a user's scopes"))
-    scopes.add_argument("username")
+    scopes = leaf(usub, "scopes", "Replace a user's scopes")
+    scopes.add_argument("username", help="the user whose scopes to set")
     scopes.add_argument("scopes", help="comma-separated: read, write, admin, replicate")
 
     token = sub.add_parser(
@@ -320,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="API tokens are JWTs with chosen scopes and expiry, revocable at once.",
     )
     tsub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = common(tsub.add_parser("create", help="create a token (shown once)"))
+    create = leaf(tsub, "create", "Create an API token and print it once, with its id and expiry")
     create.add_argument("--owner", default="admin", help="user the token acts for")
     create.add_argument("--name", required=True, help="what the token is for")
     create.add_argument(
@@ -329,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--expires-in", type=int, default=90 * 86400, help="seconds (default 90 days)"
     )
-    common(tsub.add_parser("list", help="list unexpired tokens (never the tokens)"))
-    revoke = common(tsub.add_parser("revoke", help="revoke a token by id"))
-    revoke.add_argument("id")
+    leaf(tsub, "list", "List unexpired API tokens (ids, names, scopes; never the tokens)")
+    revoke = leaf(tsub, "revoke", "Revoke an API token by id, with immediate effect")
+    revoke.add_argument("id", help="the token's id, as create and list show it")
 
     check = sub.add_parser(
         "check-schema",
@@ -366,9 +384,7 @@ def main(
         print(f"goodrepo: {err}", file=sys.stderr)
         return 2
     except GoodrepoError as err:
-        reasons = (err.details or {}).get("reasons")
-        extra = f": {'; '.join(reasons)}" if reasons else ""
-        print(f"goodrepo: {err.code}: {err.message}{extra}", file=sys.stderr)
+        print(f"goodrepo: {err.code}: {err.message}", file=sys.stderr)
         return 1
 
 

@@ -871,12 +871,6 @@ def test_sigterm_with_publishes_in_flight_loses_nothing_acknowledged(server: Any
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="goodrepo/cli.py _busy() ignores a request whose body is still being received "
-    "(waitress channel.request), so SIGTERM drops an upload in progress instead of "
-    "letting it finish",
-)
 def test_sigterm_lets_an_upload_in_progress_finish(server: Any) -> None:
     s = server()
     token, port = s.admin_token, s.port
