@@ -97,10 +97,11 @@ class RequestIDFilter(logging.Filter):
 class _Exchange:
     """What one request's response looked like; one instance per request, never shared."""
 
-    __slots__ = ("status", "bytes", "failed")
+    __slots__ = ("status", "headers", "bytes", "failed")
 
     def __init__(self) -> None:
         self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
         self.bytes = 0
         self.failed = False
 
@@ -150,6 +151,7 @@ class RequestIDMiddleware:
             exchange.status = status
             headers = [item for item in headers if item[0].lower() != header_lower]
             headers.append(id_header)
+            exchange.headers = headers
             return start_response(status, headers, exc_info)
 
         try:
@@ -166,6 +168,13 @@ class RequestIDMiddleware:
                 environ, lambda status, headers: _start_response(status, headers, exc_info)
             )
             del exc_info
+
+        if _is_server_file_wrapper(environ, app_iter):
+            # Hand the server its own file wrapper back so it can send the file itself;
+            # the log line waits for its close() and counts the declared length.
+            exchange.bytes = _declared_length(exchange.headers)
+            if _after_close(app_iter, self._finish, environ, exchange, started, context_token):
+                return app_iter
 
         def _finish() -> None:
             try:
@@ -245,6 +254,41 @@ def _random_hex() -> str:
     not a secret, so a non-cryptographic generator is enough.
     """
     return f"{random.getrandbits(128):032x}"
+
+
+def _is_server_file_wrapper(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> bool:
+    """Whether the body is an instance of the server's ``wsgi.file_wrapper`` class."""
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and type(app_iter) is wrapper
+
+
+def _after_close(app_iter: Any, callback: Callable[..., None], *args: Any) -> bool:
+    """Make ``app_iter.close()`` run ``callback(*args)`` after itself; False if it cannot.
+
+    Servers such as waitress send their own file wrapper without iterating it, and only
+    while it is the very object the app returned, so it cannot be wrapped.
+    """
+    inner = getattr(app_iter, "close", None)
+
+    def close() -> None:
+        try:
+            if inner is not None:
+                inner()
+        finally:
+            callback(*args)
+
+    try:
+        app_iter.close = close
+    except AttributeError:  # a class with __slots__: fall back to wrapping
+        return False
+    return True
+
+
+def _declared_length(headers: list[tuple[str, str]]) -> int:
+    for name, value in headers:
+        if name.lower() == "content-length" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _counted(app_iter: Iterable[bytes], exchange: _Exchange) -> Iterator[bytes]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
+from wsgiref.util import FileWrapper
 
 import pytest
 from mwhelpers import Outer, RecordingApp, call
@@ -248,3 +250,20 @@ CONFIG_ERRORS = [
 def test_bad_configuration_is_refused_naming_the_option(options: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         MetricsMiddleware(RecordingApp(), registry=CollectorRegistry(), **options)
+
+
+def test_a_server_file_wrapper_is_observed_when_it_closes(registry: CollectorRegistry) -> None:
+    handle = io.BytesIO(b"x" * 100)
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](handle)
+
+    middleware = MetricsMiddleware(app, registry=registry)
+    status, headers, body, _ = call(middleware, **{"wsgi.file_wrapper": FileWrapper})
+    assert isinstance(body, FileWrapper)
+    assert sample(registry, "goodrepo_http_requests_in_flight") == 1
+    body.close()
+    assert sample(registry, "goodrepo_http_requests_in_flight") == 0
+    labels = {"method": "GET", "route": "unmatched", "status": "200"}
+    assert sample(registry, "goodrepo_http_requests_total", **labels) == 1

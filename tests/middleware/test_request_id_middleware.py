@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from typing import Any
+from wsgiref.util import FileWrapper
 
 import pytest
 from hypothesis import given
@@ -288,3 +289,19 @@ def test_json_logging_set_up(scratch_logger: logging.Logger) -> None:
 def test_json_logging_refuses_an_unknown_level(scratch_logger: logging.Logger) -> None:
     with pytest.raises(ValueError, match="level"):
         configure_json_logging("LOUD", logger=scratch_logger)
+
+
+def test_a_server_file_wrapper_is_logged_when_it_closes(records: list) -> None:
+    handle = io.BytesIO(b"x" * 5000)
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5000")])
+        return environ["wsgi.file_wrapper"](handle)
+
+    status, headers, body, _ = call(RequestIDMiddleware(app), **{"wsgi.file_wrapper": FileWrapper})
+    assert isinstance(body, FileWrapper)
+    assert access_records(records) == []
+    body.close()
+    (line,) = access_records(records)
+    assert (line.status, line.bytes) == (200, 5000)
+    assert handle.closed

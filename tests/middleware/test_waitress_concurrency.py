@@ -143,7 +143,13 @@ def test_file_wrapper_through_the_full_stack_on_waitress(tmp_path: Path) -> None
     stack = full_stack(
         core, CollectorRegistry(), {"test.file": str(path), "test.handles": handles}
     )
-    with serve(stack, threads=2) as (_host, port):
+    bodies: list[Any] = []
+
+    def outermost(environ: dict[str, Any], start_response: Any) -> Any:
+        bodies.append(stack(environ, start_response))
+        return bodies[-1]
+
+    with serve(outermost, threads=2) as (_host, port):
         status, headers, body = get(port, "/file", {"Authorization": f"Bearer {make_token()}"})
         deadline = time.monotonic() + 5
         while not (handles and handles[0].closed) and time.monotonic() < deadline:
@@ -152,6 +158,8 @@ def test_file_wrapper_through_the_full_stack_on_waitress(tmp_path: Path) -> None
     assert body == data
     assert handles[0].closed
     assert headers["X-Content-Type-Options"] == "nosniff"
+    # Waitress got its own file wrapper back, so it streamed the file without a worker.
+    assert type(bodies[0]).__name__ == "ReadOnlyFileBasedBuffer"
 
 
 def test_probes_answer_under_load_without_a_token() -> None:

@@ -116,7 +116,52 @@ def test_file_wrapper_keeps_working(factory: Factory) -> None:
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](handle, 8192)
 
-    app_iter = factory(app)(request_environ(**{"wsgi.file_wrapper": FileWrapper}), Server())
+    returned = []
+
+    def keep(environ: dict, start_response: Any) -> Any:
+        returned.append(app(environ, start_response))
+        return returned[0]
+
+    app_iter = factory(keep)(request_environ(**{"wsgi.file_wrapper": FileWrapper}), Server())
+    # The server gets its own wrapper back, so it can send the file its fastest way.
+    assert app_iter is returned[0]
+    assert b"".join(app_iter) == data
+    app_iter.close()
+    assert handle.closed
+
+
+class SlottedWrapper:
+    """A server file wrapper whose close() cannot be replaced."""
+
+    __slots__ = ("filelike",)
+
+    def __init__(self, filelike: Any, block_size: int = 8192) -> None:
+        self.filelike = filelike
+
+    def __iter__(self) -> Any:
+        return iter(lambda: self.filelike.read(8192), b"")
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+@pytest.mark.parametrize("factory", MIDDLEWARES)
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        pytest.param(SlottedWrapper, id="slotted-class"),
+        pytest.param(lambda f, size=8192: FileWrapper(f, size), id="function"),
+    ],
+)
+def test_other_file_wrappers_are_streamed_and_closed(factory: Factory, wrapper: Any) -> None:
+    data = b"abc" * 10000
+    handle = io.BytesIO(data)
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](handle, 8192)
+
+    app_iter = factory(app)(request_environ(**{"wsgi.file_wrapper": wrapper}), Server())
     assert b"".join(app_iter) == data
     app_iter.close()
     assert handle.closed
