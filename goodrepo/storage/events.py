@@ -46,9 +46,18 @@ class EventLog:
         txn.append(PREFIX, build)
 
     def read(self, after: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
-        """Events with ``seq > after``, oldest first, and the ``seq`` to ask after next."""
+        """Events with ``seq > after``, oldest first, and the ``seq`` to ask after next.
+
+        Only durable events are listed: a follower never applies an event that a crash of
+        this machine could still take back.
+        """
+        durable = self.kv.durable_seq(PREFIX)
         start = seq_key(PREFIX, after) if after > 0 else None
-        events = [loads(v) for _, v in self.kv.scan(PREFIX, start=start, limit=limit)]
+        events = [
+            event
+            for event in (loads(v) for _, v in self.kv.scan(PREFIX, start=start, limit=limit))
+            if event["seq"] <= durable
+        ]
         return events, (events[-1]["seq"] if events else after)
 
     def last_seq(self) -> int:

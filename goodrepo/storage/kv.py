@@ -1,13 +1,18 @@
 """The embedded key-value store: one RocksDB (through rocksdict) per data directory.
 
 Keys are bytes, values are JSON documents encoded as UTF-8. Writes that matter go through
-:class:`Transaction`: staged in one ``WriteBatch`` and committed atomically with a synced
-WAL, so a write that acknowledges a publish is durable before the answer is sent.
+:class:`Transaction`: staged, then applied atomically as one ``WriteBatch``, then made
+durable by a sync of the WAL before ``commit`` returns, so a write that acknowledges a
+publish is durable before the answer is sent. The sync runs outside the commit lock and
+without the GIL, and one sync covers every batch applied before it (group commit).
+Readers that take no lock may see a batch between its apply and its sync; the event log
+hides such entries from followers (:meth:`KV.durable_seq`).
 
 Concurrency: a transaction locks exactly the keys it reads or writes (``lock=True`` reads,
-every write), and holds them until it commits or aborts. Unrelated transactions never wait
-for each other except for the short, serialised ``write`` of the batch itself, which also
-hands out the sequence numbers of append-only logs so that they appear in commit order.
+every write), and holds them until its commit is durable or it aborts. Unrelated
+transactions never wait for each other except for the short, serialised apply of the
+batch itself, which also hands out the sequence numbers of append-only logs so that they
+appear in commit order.
 
 Usage::
 
@@ -118,7 +123,12 @@ class KV:
         self._sync = WriteOptions()
         self._sync.sync = True
         self._locks = _KeyLocks()
+        self._nosync = WriteOptions()
         self._commit_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._written = 0  # batches applied
+        self._synced = 0  # batches known durable
+        self._durable_log_next: dict[bytes, int] = {}
         self._log_next: dict[bytes, int] = {}
         self._closed = False
 
@@ -214,13 +224,23 @@ class KV:
             last = self.last_key(log_prefix)
             nxt = 1 if last is None else int.from_bytes(last[len(log_prefix) :], "big") + 1
             self._log_next[log_prefix] = nxt
+            # What a new process finds on disk is as durable as it gets.
+            self._durable_log_next.setdefault(log_prefix, nxt)
         return nxt
 
     def _write(
         self,
-        batch: WriteBatch,
+        staged: dict[bytes, bytes | None],
         appends: list[tuple[bytes, Callable[[int], Any]]],
     ) -> list[int]:
+        """Commit one transaction's writes atomically and durably; returns its log seqs.
+
+        The batch is applied under the commit lock (which also hands out log seqs, so
+        logs are in commit order), then the WAL is synced outside it. One sync makes
+        every batch written before it durable, so concurrent commits share syncs (group
+        commit), and the sync runs without holding the GIL.
+        """
+        batch = WriteBatch(raw_mode=True)
         seqs: list[int] = []
         with self._commit_lock:
             taken: dict[bytes, int] = {}
@@ -229,12 +249,40 @@ class KV:
                 batch.put(seq_key(log_prefix, seq), dumps(build(seq)))
                 taken[log_prefix] = seq + 1
                 seqs.append(seq)
+            for key, value in staged.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
             try:
-                self._db.write(batch, self._sync)
+                self._db.write(batch, self._nosync)
             except Exception as err:  # rocksdict raises plain Exception on I/O errors
                 raise StoreError(f"KV write failed: {err}") from err
             self._log_next.update(taken)
+            self._written += 1
+            ticket = self._written
+            horizon = dict(self._log_next)
+        self._sync_through(ticket, horizon)
         return seqs
+
+    def _sync_through(self, ticket: int, horizon: dict[bytes, int]) -> None:
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return  # a sync that started after our write covered it
+            with self._commit_lock:
+                target = self._written
+                horizon = dict(self._log_next)
+            try:
+                self._db.flush_wal(True)
+            except Exception as err:  # rocksdict raises plain Exception on I/O errors
+                raise StoreError(f"KV sync failed: {err}") from err
+            self._synced = target
+            self._durable_log_next.update(horizon)
+
+    def durable_seq(self, log_prefix: bytes) -> int:
+        """The highest seq of a log known to be durable (synced, not only written)."""
+        self.next_seq(log_prefix)  # loads the log's position from disk on first use
+        return self._durable_log_next[log_prefix] - 1
 
     # -- maintenance -------------------------------------------------------------------
 
@@ -275,7 +323,6 @@ class Transaction:
 
     def __init__(self, kv: KV) -> None:
         self._kv = kv
-        self._batch = WriteBatch(raw_mode=True)
         self._staged: dict[bytes, bytes | None] = {}
         self._held: list[bytes] = []
         self._appends: list[tuple[bytes, Callable[[int], Any]]] = []
@@ -314,7 +361,6 @@ class Transaction:
     def put(self, key: bytes, value: bytes) -> None:
         self.lock(key)
         self._staged[key] = value
-        self._batch.put(key, value)
 
     def put_json(self, key: bytes, value: Any) -> None:
         self.put(key, dumps(value))
@@ -322,7 +368,6 @@ class Transaction:
     def delete(self, key: bytes) -> None:
         self.lock(key)
         self._staged[key] = None
-        self._batch.delete(key)
 
     def cas_put_json(self, key: bytes, value: Any, *, if_absent: bool = True) -> Any:
         """Put ``value`` if ``key`` is absent; return the existing document otherwise.
@@ -350,7 +395,7 @@ class Transaction:
             raise StoreError("transaction already finished")
         try:
             if self._staged or self._appends:
-                self.seqs = self._kv._write(self._batch, self._appends)
+                self.seqs = self._kv._write(self._staged, self._appends)
         finally:
             self.done = True
             self._release()

@@ -77,6 +77,7 @@ def test_event_seq_survives_restart(tmp_path: Path) -> None:
     events, nxt = log.read(0, 10)
     assert [e["seq"] for e in events] == [1, 2, 3, 4]
     assert nxt == 4 and log.last_seq() == 4
+    assert kv.durable_seq(b"e:") == 4  # commit returns only once its batch is synced
     assert len({e["event_id"] for e in events}) == 4
     assert log.read(2, 1)[0][0]["seq"] == 3
     kv.close()
