@@ -28,6 +28,7 @@ from .errors import ConfigurationError, GoodrepoError, InvalidConfig, StoreError
 log = logging.getLogger("goodrepo.cli")
 
 DRAIN_SECONDS = 30.0
+MAINTENANCE_SECONDS = 3600.0
 
 EPILOG = """\
 Settings come from defaults, then the TOML file named by --config (or GOODREPO_CONFIG),
@@ -94,6 +95,15 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
         stopping.set()
         server.pull_trigger()
 
+    def housekeeping() -> None:
+        while not stopping.wait(MAINTENANCE_SECONDS):
+            try:
+                app.maintenance()
+            except GoodrepoError as err:
+                log.error("maintenance failed: %s", err.message)
+
+    keeper = threading.Thread(target=housekeeping, name="goodrepo-maintenance", daemon=True)
+    keeper.start()
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     host, port = server.effective_host, server.effective_port
     shown = f"[{host}]" if ":" in str(host) else host
@@ -109,6 +119,8 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
         while time.monotonic() < deadline and _busy(server):
             wasyncore.loop(timeout=0.05, map=server._map, count=1)
     finally:
+        stopping.set()
+        keeper.join(timeout=5)
         server.task_dispatcher.shutdown(timeout=5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -126,13 +138,32 @@ def _busy(server: Any) -> bool:
     )
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail early, before anything is created or printed, if the address is taken."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as err:
+        raise SystemExit(
+            f"goodrepo: cannot listen on {host}:{port}: {err.strerror or err}"
+        ) from err
+
+
 def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO) -> int:
     from .stack import create_app
 
     settings = _settings(args, host=args.host, port=args.port, threads=args.threads)
     _configure_logging(settings.log_format, settings.log_level)
+    if serve is run_server:
+        _check_address(settings.host, settings.port)
     app = create_app(settings)
     try:
+        app.maintenance()
         generated = app.bootstrap_admin()
         if generated:
             print(

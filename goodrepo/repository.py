@@ -60,7 +60,7 @@ class Repository:
         self.kv = KV(self.data_dir / "kv")
         self.events = EventLog(self.kv)
         self.services = Services(self.data_dir, self.kv, self.events)
-        self._swap_lock = threading.Lock()
+        self._swap_lock = threading.RLock()
         stored = self.kv.get_json(SCHEMA_KEY)
         try:
             if stored is None:
@@ -122,15 +122,18 @@ class Repository:
         """Change feature flags (they take effect on the next write); returns them all."""
         if not isinstance(changes, dict) or not changes:
             raise ValidationError("features must be a non-empty object")
-        with self._swap_lock:
-            current = self.schema
+        with self._swap_lock:  # read and replace as one step: no concurrent swap is lost
+            return self._set_features_locked(changes, by)
+
+    def _set_features_locked(self, changes: dict[str, Any], by: str) -> dict[str, Any]:
+        current = self.schema
         problems = [
-            {"path": f"$.{k}", "message": "unknown feature"}
+            {"path": f"$.features.{k}", "message": "unknown feature"}
             for k in changes
             if k not in current.get("features", {})
         ]
         problems += [
-            {"path": f"$.{k}", "message": "must be true or false"}
+            {"path": f"$.features.{k}", "message": "must be true or false"}
             for k, v in changes.items()
             if not isinstance(v, bool)
         ]

@@ -45,7 +45,7 @@ from .accounts import KeyRing, LoginThrottle, PasswordPolicy, TokenService, User
 from .api.admin import AdminEndpoints
 from .api.auth import AuthEndpoints
 from .api.base import ApiRequest, Endpoint, JsonApi
-from .errors import Forbidden, StoreError, Unauthorized, UserExists
+from .errors import Forbidden, GoodrepoError, StoreError, Unauthorized, UserExists
 from .repository import Repository
 from .settings import Settings
 
@@ -109,7 +109,7 @@ class GoodrepoApp:
             max_lifetime=settings.api_token_max_ttl + 86400,
             public_paths=(*DEFAULT_PUBLIC_PATHS, "/auth/logout", "/metrics"),
             allow_anonymous_read=settings.allow_anon_read,
-            is_revoked=self.tokens.is_revoked,
+            is_revoked=self._is_revoked,
         )
         app = RateLimitMiddleware(
             app,
@@ -131,6 +131,16 @@ class GoodrepoApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return self.wsgi(environ, start_response)
+
+    def _is_revoked(self, claims: dict[str, Any]) -> bool:
+        """API tokens revoked early, and any token of a user deleted or disabled since."""
+        if self.tokens.is_revoked(claims):
+            return True
+        try:
+            self.users.get_active(str(claims.get("sub", "")))
+        except GoodrepoError:
+            return True
+        return False
 
     def readiness_checks(self) -> dict[str, Callable[[], object]]:
         """KV read/write, every blob store writable, free disk above the threshold."""
@@ -193,6 +203,15 @@ class GoodrepoApp:
             return None
         log.info("created the admin user")
         return generated
+
+    def maintenance(self) -> None:
+        """Housekeeping: drop expired refresh tokens and API-token records, and retired
+        signing keys past their last use. ``goodrepo serve`` runs it hourly."""
+        purged = self.tokens.purge_expired()
+        pruned = self.keyring.prune()
+        log.info(
+            "maintenance: %d expired token records, %d retired keys removed", purged, len(pruned)
+        )
 
     def close(self) -> None:
         """Close the repository."""

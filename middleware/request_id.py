@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 _MAX_LOGGED_PATH = 2048
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _current_request_id: ContextVar[str | None] = ContextVar("goodrepo_request_id", default=None)
 
@@ -303,7 +304,8 @@ def _counted(app_iter: Iterable[bytes], exchange: _Exchange) -> Iterator[bytes]:
 
 
 def _logged_path(environ: WSGIEnvironment) -> str:
-    """SCRIPT_NAME + PATH_INFO as text, capped; the formatter escapes what remains."""
+    """SCRIPT_NAME + PATH_INFO as text, capped, control characters escaped (``\\x0a``)
+    so that no formatter, JSON or plain text, can be fed a forged log line."""
     raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     try:
         path = raw.encode("latin-1").decode("utf-8", "replace")
@@ -311,4 +313,4 @@ def _logged_path(environ: WSGIEnvironment) -> str:
         path = raw
     if len(path) > _MAX_LOGGED_PATH:
         path = path[:_MAX_LOGGED_PATH] + "..."
-    return path
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path)

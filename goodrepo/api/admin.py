@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from werkzeug.wrappers import Response
+
 from .. import schema as schema_mod
+from ..accounts import validate_scopes
 from ..errors import InvalidRequest, PayloadTooLarge
 from ..pipeline.ops_request import read_upto
-from .base import ApiRequest, Endpoint, field
+from .base import ApiRequest, Endpoint, field, paginated
 
 if TYPE_CHECKING:
     from ..accounts import KeyRing, TokenService, Users
@@ -35,7 +38,7 @@ ROCKSDB_PROPERTIES = (
 
 
 def _printable_key(key: bytes) -> str:
-    return key.decode("ascii", "backslashreplace").replace("\x00", "\\x00")
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in key)
 
 
 class AdminEndpoints:
@@ -125,11 +128,11 @@ class AdminEndpoints:
 
     # -- users -------------------------------------------------------------------------
 
-    def list_users(self, req: ApiRequest) -> dict[str, Any]:
+    def list_users(self, req: ApiRequest) -> Response:
         rows, nxt = self.users.list(
             req.int_arg("limit", 100, 1, 1000), req.request.args.get("cursor") or None
         )
-        return {"ok": True, "users": rows, "next_cursor": nxt}
+        return paginated(req, {"ok": True, "users": rows, "next_cursor": nxt})
 
     def create_user(self, req: ApiRequest) -> tuple[int, dict[str, Any]]:
         body = req.json()
@@ -150,14 +153,21 @@ class AdminEndpoints:
                 details={"unknown": unknown},
             )
         user = self.users.get(name)
+        # Check every field before changing anything, so a refused PATCH changes nothing.
         if "scopes" in body:
             if not isinstance(body["scopes"], list):
                 raise InvalidRequest("scopes must be a list", details={"field": "scopes"})
+            validate_scopes(body["scopes"])
+        if "disabled" in body:
+            field(body, "disabled", bool)
+        if "password" in body:
+            self.users.policy.enforce(field(body, "password"), user["username"])
+        if "scopes" in body:
             user = self.users.set_scopes(name, body["scopes"])
         if "disabled" in body:
-            user = self.users.set_disabled(name, field(body, "disabled", bool))
+            user = self.users.set_disabled(name, body["disabled"])
         if "password" in body:
-            user = self.users.set_password(name, field(body, "password"))
+            user = self.users.set_password(name, body["password"])
         if body.get("disabled") or "password" in body:
             self.tokens.revoke_user_refresh(user["username"])
         log.info("user %s changed by %s (%s)", user["username"], req.sub, ", ".join(sorted(body)))
@@ -196,11 +206,11 @@ class AdminEndpoints:
         log.info("API token %s created by %s", made["id"], req.sub)
         return 201, {"ok": True, **made}
 
-    def list_tokens(self, req: ApiRequest) -> dict[str, Any]:
+    def list_tokens(self, req: ApiRequest) -> Response:
         rows, nxt = self.tokens.list_api_tokens(
             req.int_arg("limit", 100, 1, 1000), req.request.args.get("cursor") or None
         )
-        return {"ok": True, "tokens": rows, "next_cursor": nxt}
+        return paginated(req, {"ok": True, "tokens": rows, "next_cursor": nxt})
 
     def revoke_token(self, req: ApiRequest) -> tuple[int, None]:
         self.tokens.revoke_api_token(req.values["token_id"])

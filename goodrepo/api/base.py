@@ -21,9 +21,17 @@ from werkzeug.wrappers import Request, Response
 from middleware.keys import CLIENT_ADDR, PRINCIPAL, ROUTE
 
 from ..app import WSGIApp, error_response, request_id_of
-from ..errors import Forbidden, GoodrepoError, InvalidRequest, PayloadTooLarge, Unauthorized
+from ..errors import (
+    Forbidden,
+    GoodrepoError,
+    InvalidRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    ValidationError,
+)
 from ..errors import MethodNotAllowed as MethodNotAllowedError
 from ..pipeline.ops_request import read_upto
+from ..pipeline.ops_respond import next_link
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +80,7 @@ class ApiRequest:
         if raw is None or raw == "":
             return default
         if not raw.isdigit() or not low <= int(raw) <= high:
-            raise InvalidRequest(
+            raise ValidationError(
                 f"{name} must be a whole number from {low} to {high}", details={"field": name}
             )
         return int(raw)
@@ -109,6 +117,14 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(text, status=status, mimetype="application/json")
 
 
+def paginated(req: ApiRequest, body: dict[str, Any]) -> Response:
+    """A page of a listing, with ``Link: <...>; rel="next"`` when there is a next page."""
+    response = json_response(body)
+    if body.get("next_cursor"):
+        response.headers["Link"] = next_link(req.request, body["next_cursor"])
+    return response
+
+
 class JsonApi:
     """Dispatch a table of endpoints; everything else goes to ``fallback``."""
 
@@ -123,7 +139,9 @@ class JsonApi:
         self.endpoints = {f"{e.method} {e.rule}": e for e in endpoints}
         self.url_map = Map(
             [Rule(e.rule, endpoint=key, methods=[e.method]) for key, e in self.endpoints.items()],
-            strict_slashes=False,
+            # "/auth/login/" is not "/auth/login": exact paths keep the rate-limit rules
+            # and the public-path list of the middlewares exact too.
+            strict_slashes=True,
         )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -136,7 +154,7 @@ class JsonApi:
             allowed = ", ".join(sorted(exc.valid_methods or []))
             err = MethodNotAllowedError(headers={"Allow": allowed})
             return error_response(err, environ)(environ, start_response)
-        except HTTPException:
+        except HTTPException:  # includes the redirect a trailing slash would get
             return self.fallback(environ, start_response)
         endpoint = self.endpoints[key]
         environ[ROUTE] = endpoint.rule
@@ -155,6 +173,9 @@ class JsonApi:
         except Exception:
             log.exception("unexpected error (request %s)", request_id_of(environ))
             response = error_response(GoodrepoError(), environ)
+        if isinstance(response, Response):
+            # Tokens, users and configuration: nothing here belongs in a cache.
+            response.headers.setdefault("Cache-Control", "no-store")
         return response(environ, start_response)
 
     def _authorize(self, endpoint: Endpoint, principal: dict[str, Any]) -> None:

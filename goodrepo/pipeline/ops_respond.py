@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from werkzeug.http import parse_etags
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Request, Response
 
 from ..errors import PreconditionFailed, error_for
 from ..storage.blob_http import blob_response
@@ -33,10 +33,11 @@ def _absolute(ctx: RequestContext, location: str) -> str:
     return location
 
 
-def _next_link(ctx: RequestContext, cursor: str) -> str:
-    query = [(k, v) for k, v in ctx.request.args.items(multi=True) if k != "cursor"]
+def next_link(request: Request, cursor: str) -> str:
+    """The ``Link`` header value pointing at the next page of a listing."""
+    query = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
     query.append(("cursor", cursor))
-    url = ctx.request.script_root + ctx.request.path + "?" + urlencode(query)
+    url = request.script_root + request.path + "?" + urlencode(query)
     return f'<{url}>; rel="next"'
 
 
@@ -73,7 +74,7 @@ def _json(args: dict[str, Any], rt: Runtime) -> Runner:
         if paginate is not None:
             page = paginate.render(ctx) or {}
             if page.get("next_cursor"):
-                response.headers["Link"] = _next_link(ctx, page["next_cursor"])
+                response.headers["Link"] = next_link(ctx.request, page["next_cursor"])
         if etag_of is not None:
             tag = etag_for(etag_of.render(ctx))
             if tag is not None:

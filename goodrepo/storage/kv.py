@@ -158,7 +158,8 @@ class KV:
         """
         end = prefix_end(prefix)
         ropts = ReadOptions()
-        ropts.set_iterate_lower_bound(prefix)
+        if prefix:  # an empty lower bound makes rocksdict's raw-mode iterator invalid
+            ropts.set_iterate_lower_bound(prefix)
         if end is not None:
             ropts.set_iterate_upper_bound(end)
         it = self._db.iter(ropts)
@@ -305,7 +306,10 @@ class KV:
         """Write a consistent on-disk copy of the database to ``target`` (must not exist)."""
         from rocksdict import Checkpoint
 
-        Checkpoint(self._db).create_checkpoint(str(target))
+        try:
+            Checkpoint(self._db).create_checkpoint(str(target))
+        except Exception as err:  # rocksdict raises plain Exception for I/O errors
+            raise StoreError(f"cannot write a checkpoint: {err}") from err
 
     def close(self) -> None:
         """Close the database; safe to call twice."""

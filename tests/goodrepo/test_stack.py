@@ -181,6 +181,7 @@ def test_users_admin_api(web: webtest.TestApp) -> None:
     web.patch_json("/admin/users/carol", {"scopes": ["read", "write"]}, headers=admin)
     web.patch_json("/admin/users/carol", {"colour": "red"}, headers=admin, status=400)
     web.patch_json("/admin/users/carol", {"disabled": True}, headers=admin)
+    web.get("/v1/acme/app/latest", headers=carol, status=401)  # her token stops at once
     web.post_json(
         "/auth/login", {"username": "carol", "password": "a quiet long passphrase"}, status=401
     )
@@ -318,3 +319,70 @@ def test_security_headers_and_request_id(web: webtest.TestApp) -> None:
     assert res.headers["X-Content-Type-Options"] == "nosniff"
     bad = web.get("/health", headers={"X-Request-ID": "bad id\u00e9"[:6]})
     assert bad.headers["X-Request-ID"] != "bad id"
+
+
+def test_a_refused_patch_changes_nothing(web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    web.post_json(
+        "/admin/users",
+        {"username": "dave", "password": "a quiet long passphrase", "scopes": ["read"]},
+        headers=admin,
+        status=201,
+    )
+    res = web.patch_json(
+        "/admin/users/dave",
+        {"scopes": ["read", "write"], "password": "short"},
+        headers=admin,
+        status=400,
+    )
+    assert res.json["error"]["code"] == "PASSWORD_POLICY"
+    users = web.get("/admin/users", headers=admin).json["users"]
+    assert next(u for u in users if u["username"] == "dave")["scopes"] == ["read"]
+
+
+def test_admin_listings_are_paginated_with_links(web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    for name in ("erin", "frank"):
+        web.post_json(
+            "/admin/users",
+            {"username": name, "password": "a quiet long passphrase"},
+            headers=admin,
+            status=201,
+        )
+    first = web.get("/admin/users?limit=2", headers=admin)
+    assert first.json["next_cursor"] and 'rel="next"' in first.headers["Link"]
+    rest = web.get(f"/admin/users?limit=2&cursor={first.json['next_cursor']}", headers=admin)
+    assert [u["username"] for u in rest.json["users"]] == ["frank"]
+    bad = web.get("/admin/users?limit=0", headers=admin, status=400)
+    assert bad.json["error"]["code"] == "VALIDATION_ERROR"
+
+
+def test_rocksdb_keys_without_a_prefix(web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    keys = web.get("/rocksdb/keys?limit=5", headers=admin).json["keys"]
+    assert len(keys) == 5
+    assert all(k.isprintable() and k.isascii() for k in keys)
+
+
+def test_token_answers_are_not_cached(web: webtest.TestApp) -> None:
+    res = web.post_json("/auth/login", {"username": "admin", "password": PASSWORD})
+    assert res.headers["Cache-Control"] == "no-store"
+
+
+def test_a_trailing_slash_does_not_reach_login(tmp_path: Path) -> None:
+    app = make(tmp_path, login_rate_limit="2/minute")
+    try:
+        web = webtest.TestApp(app)
+        token = login(web)["token"]
+        web.post_json("/auth/login", {"username": "x", "password": "y"}, status=401)
+        web.post_json("/auth/login", {"username": "x", "password": "y"}, status=429)
+        # Around the exact-path rate limit with a token and a slash: not the login route.
+        res = web.post_json(
+            "/auth/login/",
+            {"username": "x", "password": "y"},
+            headers=bearer(token),
+            status=404,
+        )
+        assert res.json["error"]["code"] == "NOT_FOUND"
+    finally:
+        app.close()

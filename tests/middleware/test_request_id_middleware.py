@@ -154,6 +154,26 @@ def test_the_access_log_line(records: list) -> None:
         assert secret not in everything
 
 
+@pytest.mark.parametrize(
+    ("path_info", "logged"),
+    [
+        pytest.param("/x\nGET /forged 200", "/x\\x0aGET /forged 200", id="newline"),
+        pytest.param("/x\r\n", "/x\\x0d\\x0a", id="crlf"),
+        pytest.param("/x\x1b[31m", "/x\\x1b[31m", id="terminal-escape"),
+        pytest.param("/x\xe2\x80\xa8y", "/x\\x2028y", id="line-separator"),
+    ],
+)
+def test_control_characters_in_the_path_cannot_forge_log_lines(
+    records: list, path_info: str, logged: str
+) -> None:
+    _, _, body, _ = call(RequestIDMiddleware(RecordingApp()), PATH_INFO=path_info)
+    list(body)
+    body.close()
+    (line,) = access_records(records)
+    assert line.path == logged
+    assert "\n" not in line.getMessage() and "\r" not in line.getMessage()
+
+
 def test_the_access_log_is_written_when_the_body_closes(records: list) -> None:
     app = RecordingApp(body=lambda: [b"a", b"bc"], error_code="NOT_FOUND", status="404 Not Found")
     status, headers, body, _ = call(RequestIDMiddleware(app), REMOTE_ADDR="192.0.2.1")
