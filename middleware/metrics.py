@@ -73,6 +73,7 @@ from prometheus_client.exposition import choose_encoder
 from webob import Response
 from werkzeug.wsgi import ClosingIterator
 
+from middleware._wsgi import after_close, is_server_file_wrapper
 from middleware.errors import error_response
 from middleware.keys import ERROR_CODE, METRICS, ROUTE
 
@@ -227,7 +228,7 @@ class MetricsMiddleware:
             self._observe(environ, method, exchange, started, failed=True)
             raise
 
-        if _is_server_file_wrapper(environ, app_iter) and _after_close(
+        if is_server_file_wrapper(environ, app_iter) and after_close(
             app_iter, self._observe, environ, method, exchange, started
         ):
             return app_iter  # the server sends its own file wrapper best unwrapped
@@ -302,34 +303,6 @@ class MetricsMiddleware:
         except ValueError:
             return False
         return any(ip in network for network in self._allow_from)
-
-
-def _is_server_file_wrapper(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> bool:
-    """Whether the body is an instance of the server's ``wsgi.file_wrapper`` class."""
-    wrapper = environ.get("wsgi.file_wrapper")
-    return isinstance(wrapper, type) and type(app_iter) is wrapper
-
-
-def _after_close(app_iter: Any, callback: Callable[..., None], *args: Any) -> bool:
-    """Make ``app_iter.close()`` run ``callback(*args)`` after itself; False if it cannot.
-
-    Servers such as waitress send their own file wrapper without iterating it, and only
-    while it is the very object the app returned, so it cannot be wrapped.
-    """
-    inner = getattr(app_iter, "close", None)
-
-    def close() -> None:
-        try:
-            if inner is not None:
-                inner()
-        finally:
-            callback(*args)
-
-    try:
-        app_iter.close = close
-    except AttributeError:  # a class with __slots__: fall back to wrapping
-        return False
-    return True
 
 
 def _passthrough(app_iter: Iterable[bytes]) -> Iterator[bytes]:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wsgi import ClosingIterator
 
+from middleware._wsgi import after_close, is_server_file_wrapper
 from middleware.errors import error_response
 from middleware.keys import CLIENT_ADDR, ERROR_CODE, PRINCIPAL, REQUEST_ID, ROUTE
 
@@ -170,11 +171,11 @@ class RequestIDMiddleware:
             )
             del exc_info
 
-        if _is_server_file_wrapper(environ, app_iter):
+        if is_server_file_wrapper(environ, app_iter):
             # Hand the server its own file wrapper back so it can send the file itself;
             # the log line waits for its close() and counts the declared length.
             exchange.bytes = _declared_length(exchange.headers)
-            if _after_close(app_iter, self._finish, environ, exchange, started, context_token):
+            if after_close(app_iter, self._finish, environ, exchange, started, context_token):
                 return app_iter
 
         def _finish() -> None:
@@ -255,34 +256,6 @@ def _random_hex() -> str:
     not a secret, so a non-cryptographic generator is enough.
     """
     return f"{random.getrandbits(128):032x}"
-
-
-def _is_server_file_wrapper(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> bool:
-    """Whether the body is an instance of the server's ``wsgi.file_wrapper`` class."""
-    wrapper = environ.get("wsgi.file_wrapper")
-    return isinstance(wrapper, type) and type(app_iter) is wrapper
-
-
-def _after_close(app_iter: Any, callback: Callable[..., None], *args: Any) -> bool:
-    """Make ``app_iter.close()`` run ``callback(*args)`` after itself; False if it cannot.
-
-    Servers such as waitress send their own file wrapper without iterating it, and only
-    while it is the very object the app returned, so it cannot be wrapped.
-    """
-    inner = getattr(app_iter, "close", None)
-
-    def close() -> None:
-        try:
-            if inner is not None:
-                inner()
-        finally:
-            callback(*args)
-
-    try:
-        app_iter.close = close
-    except AttributeError:  # a class with __slots__: fall back to wrapping
-        return False
-    return True
 
 
 def _declared_length(headers: list[tuple[str, str]]) -> int:

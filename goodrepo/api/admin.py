@@ -10,8 +10,8 @@ from werkzeug.wrappers import Response
 
 from .. import schema as schema_mod
 from ..accounts import validate_scopes
-from ..errors import InvalidRequest, PayloadTooLarge
-from ..pipeline.ops_request import read_upto
+from ..errors import InvalidRequest
+from ..pipeline.ops_request import read_body
 from .base import ApiRequest, Endpoint, field, paginated
 
 if TYPE_CHECKING:
@@ -83,12 +83,7 @@ class AdminEndpoints:
         return {"ok": True, "config": self.repo.schema}
 
     def put_config(self, req: ApiRequest) -> dict[str, Any]:
-        length = req.request.content_length
-        if length is not None and length > MAX_SCHEMA_BYTES:
-            raise PayloadTooLarge(f"a schema is limited to {MAX_SCHEMA_BYTES} bytes")
-        raw = read_upto(req.request.stream, MAX_SCHEMA_BYTES + 1)
-        if len(raw) > MAX_SCHEMA_BYTES:
-            raise PayloadTooLarge(f"a schema is limited to {MAX_SCHEMA_BYTES} bytes")
+        raw = read_body(req.request, MAX_SCHEMA_BYTES, "schemas")
         self.repo.replace_schema(schema_mod.parse_text(raw), by=req.sub)
         return {"ok": True, "config": self.repo.schema}
 

@@ -25,12 +25,11 @@ from ..errors import (
     Forbidden,
     GoodrepoError,
     InvalidRequest,
-    PayloadTooLarge,
     Unauthorized,
     ValidationError,
 )
 from ..errors import MethodNotAllowed as MethodNotAllowedError
-from ..pipeline.ops_request import read_upto
+from ..pipeline.ops_request import parse_json_body, read_body
 from ..pipeline.ops_respond import next_link
 
 log = logging.getLogger(__name__)
@@ -61,16 +60,7 @@ class ApiRequest:
 
     def json(self) -> dict[str, Any]:
         """The JSON object body (bounded); INVALID_REQUEST when it is not one."""
-        length = self.request.content_length
-        if length is not None and length > MAX_BODY:
-            raise PayloadTooLarge(f"JSON bodies are limited to {MAX_BODY} bytes")
-        raw = read_upto(self.request.stream, MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
-            raise PayloadTooLarge(f"JSON bodies are limited to {MAX_BODY} bytes")
-        try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise InvalidRequest("the request body is not valid JSON") from err
+        value = parse_json_body(read_body(self.request, MAX_BODY))
         if not isinstance(value, dict):
             raise InvalidRequest("the request body must be a JSON object")
         return value

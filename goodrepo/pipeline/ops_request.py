@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from werkzeug.wrappers import Request
+
 from ..errors import Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized, ValidationError
 from ..storage.events import now_iso8601
 from .context import RequestContext
@@ -115,16 +117,30 @@ def _parse_query(args: dict[str, Any], rt: Runtime) -> Runner:
     return run
 
 
-def read_upto(stream: Any, limit: int) -> bytes:
-    """Read until EOF or ``limit`` bytes, however few bytes each read returns."""
+def read_body(request: Request, limit: int, what: str = "JSON bodies") -> bytes:
+    """The whole request body, at most ``limit`` bytes (PAYLOAD_TOO_LARGE beyond, early
+    from Content-Length), however few bytes each read of the stream returns."""
+    too_large = PayloadTooLarge(f"{what} are limited to {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
     parts, size = [], 0
-    while size < limit:
-        chunk = stream.read(min(65536, limit - size))
+    while size <= limit:
+        chunk = request.stream.read(min(65536, limit + 1 - size))
         if not chunk:
             break
         parts.append(chunk)
         size += len(chunk)
+    if size > limit:
+        raise too_large
     return b"".join(parts)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode a JSON body; INVALID_REQUEST when it is not JSON."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidRequest("the request body is not valid JSON") from err
 
 
 @op("parse.json", out=Arg("var", required=True), reads_body=True)
@@ -133,17 +149,7 @@ def _parse_json(args: dict[str, Any], rt: Runtime) -> Runner:
     out = args["out"]
 
     def run(ctx: RequestContext) -> None:
-        length = ctx.request.content_length
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
-        raw = read_upto(ctx.request.stream, limit + 1)
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
-        try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise InvalidRequest("the request body is not valid JSON") from err
-        ctx.set(out, value)
+        ctx.set(out, parse_json_body(read_body(ctx.request, limit)))
 
     return run
 
