@@ -99,8 +99,8 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
         while not stopping.wait(MAINTENANCE_SECONDS):
             try:
                 app.maintenance()
-            except GoodrepoError as err:
-                log.error("maintenance failed: %s", err.message)
+            except Exception:  # keep the thread alive; the next round may succeed
+                log.exception("maintenance failed")
 
     keeper = threading.Thread(target=housekeeping, name="goodrepo-maintenance", daemon=True)
     keeper.start()
@@ -163,7 +163,10 @@ def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO)
         _check_address(settings.host, settings.port)
     app = create_app(settings)
     try:
-        app.maintenance()
+        try:
+            app.maintenance()
+        except GoodrepoError as err:  # housekeeping must not keep the server from starting
+            log.error("maintenance failed: %s", err.message)
         generated = app.bootstrap_admin()
         if generated:
             print(

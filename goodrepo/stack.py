@@ -133,14 +133,18 @@ class GoodrepoApp:
         return self.wsgi(environ, start_response)
 
     def _is_revoked(self, claims: dict[str, Any]) -> bool:
-        """API tokens revoked early, and any token of a user deleted or disabled since."""
+        """API tokens revoked early; any token of a user deleted or disabled; access tokens
+        issued before the user's last password change, disabling or re-creation."""
         if self.tokens.is_revoked(claims):
             return True
         try:
-            self.users.get_active(str(claims.get("sub", "")))
+            floor = self.users.session_floor(str(claims.get("sub", "")))
         except GoodrepoError:
             return True
-        return False
+        if claims.get("typ") == "api":
+            return False  # API tokens live by their own record (checked above)
+        # iat has whole seconds: a token from the second of the change itself still counts.
+        return int(claims.get("iat", 0)) < int(floor)
 
     def readiness_checks(self) -> dict[str, Callable[[], object]]:
         """KV read/write, every blob store writable, free disk above the threshold."""
@@ -172,6 +176,8 @@ class GoodrepoApp:
             return self._metrics_app
         if token:
             claims = self.tokens.verify(token)  # 401 for a bad token
+            if self._is_revoked(claims):
+                raise Unauthorized("the token has been revoked")
             if "admin" in (claims.get("scopes") or ()):
                 return self._metrics_app
             raise Forbidden("metrics need the admin scope")

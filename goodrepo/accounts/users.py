@@ -174,9 +174,25 @@ class Users:
         log.info("user scopes changed: %s (scopes %s)", user["username"], ",".join(checked))
         return user
 
+    def session_floor(self, username: str) -> float:
+        """The time before which the user's access tokens no longer count: when the user
+        was created, last disabled or last changed password. :class:`InvalidCredentials`
+        when the user is gone or disabled."""
+        try:
+            user = self._load(normalize_username(username))
+        except (NotFound, ValidationError) as err:
+            raise InvalidCredentials("account no longer exists") from err
+        if user["disabled"]:
+            raise InvalidCredentials("account disabled")
+        return float(max(user["created_at"], user.get("sessions_revoked_at", 0)))
+
     def set_disabled(self, username: str, disabled: bool) -> dict[str, Any]:
-        """Disable or enable a user; :class:`NotFound`."""
-        user = self._update(username, {"disabled": bool(disabled)})
+        """Disable or enable a user; :class:`NotFound`. Disabling ends the user's
+        access tokens for good: enabling again does not bring them back."""
+        changes: dict[str, Any] = {"disabled": bool(disabled)}
+        if disabled:
+            changes["sessions_revoked_at"] = self.clock()
+        user = self._update(username, changes)
         log.info("user %s: %s", "disabled" if disabled else "enabled", user["username"])
         return user
 
@@ -191,7 +207,10 @@ class Users:
         self._load(name)  # NotFound before the policy and the slow hash
         self.policy.enforce(password, name)
         hashed = self.hasher.hash(password)
-        user = self._update(name, {"password_hash": hashed, "password_changed_at": self.clock()})
+        now = self.clock()
+        user = self._update(
+            name, {"password_hash": hashed, "password_changed_at": now, "sessions_revoked_at": now}
+        )
         log.info("user password changed: %s", name)
         return user
 

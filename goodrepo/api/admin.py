@@ -172,8 +172,19 @@ class AdminEndpoints:
         name = self.users.get(req.values["username"])["username"]
         self.users.delete(name)
         self.tokens.revoke_user_refresh(name)
+        self._revoke_api_tokens_of(name)
         log.info("user %s deleted by %s", name, req.sub)
         return 204, None
+
+    def _revoke_api_tokens_of(self, owner: str) -> None:
+        # A user created later under the same name must not inherit these tokens.
+        cursor = None
+        while True:
+            rows, cursor = self.tokens.list_api_tokens(1000, cursor, owner=owner)
+            for row in rows:
+                self.tokens.revoke_api_token(row["id"])
+            if cursor is None:
+                return
 
     # -- keys and tokens ---------------------------------------------------------------
 
