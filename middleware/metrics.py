@@ -71,9 +71,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from webob import Response
-from werkzeug.wsgi import ClosingIterator
 
-from middleware._wsgi import after_close, is_server_file_wrapper
+from middleware._wsgi import ClosingIterator, after_close, is_server_file_wrapper
 from middleware.errors import error_response
 from middleware.keys import ERROR_CODE, METRICS, ROUTE
 

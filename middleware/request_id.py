@@ -53,9 +53,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.wsgi import ClosingIterator
-
-from middleware._wsgi import after_close, is_server_file_wrapper
+from middleware._wsgi import ClosingIterator, after_close, is_server_file_wrapper
 from middleware.errors import error_response
 from middleware.keys import CLIENT_ADDR, ERROR_CODE, PRINCIPAL, REQUEST_ID, ROUTE
 
