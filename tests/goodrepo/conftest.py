@@ -9,6 +9,7 @@ import pytest
 import webtest
 
 from goodrepo.repository import Repository
+from goodrepo.storage.kv import KV
 from middleware.keys import PRINCIPAL
 
 
@@ -26,6 +27,14 @@ def principal(sub: str = "alice", *scopes: str) -> dict[str, Any]:
 ADMIN = principal("root", "admin")
 WRITER = principal("alice", "read", "write")
 READER = principal("bob", "read")
+
+
+@pytest.fixture
+def kv(tmp_path: Any) -> Iterator[KV]:
+    """A bare KV store on a fresh directory."""
+    store = KV(tmp_path / "kv")
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -44,13 +44,6 @@ class CountingKV:
 
 
 @pytest.fixture
-def kv(tmp_path):
-    store = KV(tmp_path / "kv")
-    yield store
-    store.close()
-
-
-@pytest.fixture
 def clock():
     return Clock()
 

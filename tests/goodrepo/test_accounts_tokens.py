@@ -12,7 +12,6 @@ import pytest
 
 from goodrepo.accounts import KeyRing, TokenService, Users
 from goodrepo.errors import Forbidden, NotFound, Unauthorized, ValidationError
-from goodrepo.storage.kv import KV
 
 PW = "violet staple horizon"
 DAY = 86400
@@ -26,13 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def kv(tmp_path):
-    store = KV(tmp_path / "kv")
-    yield store
-    store.close()
 
 
 @pytest.fixture

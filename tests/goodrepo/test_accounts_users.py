@@ -16,7 +16,6 @@ from goodrepo.errors import (
     UserExists,
     ValidationError,
 )
-from goodrepo.storage.kv import KV
 
 PW = "violet staple horizon"
 PW2 = "amber lantern orchard"
@@ -33,13 +32,6 @@ class CountingHasher(argon2.PasswordHasher):
     def verify(self, hash, password):
         self.verified += 1
         return super().verify(hash, password)
-
-
-@pytest.fixture
-def kv(tmp_path):
-    store = KV(tmp_path / "kv")
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from goodrepo import schema as schema_mod
 from goodrepo.repository import Repository
 
 from .conftest import ADMIN, WRITER, client_for, publish
-from .test_concurrency import BlockingBody, start_slow_publish
+from .slow import BlockingBody, start_slow_publish
 
 META = "/v1/acme/app/1.0.0/linux"
 TIMEOUT = 30.0

@@ -24,8 +24,8 @@ from goodrepo.repository import Repository
 from middleware.keys import PRINCIPAL
 
 from .conftest import WRITER, principal
+from .slow import TIMEOUT, BlockingBody, run_bounded, start_slow_publish
 
-TIMEOUT = 30.0
 COORDS = "acme/app/1.0.0/linux"
 
 
@@ -193,60 +193,6 @@ def test_concurrent_tag_moves_with_if_match(repo: Repository) -> None:
         assert current.get_json()["target_version"] == f"{r + 1}.{winner}.0"
         assert current.headers["ETag"] == results[winner][2]
     assert len(events_of(repo, "tag.moved")) == 1 + rounds
-
-
-class BlockingBody(io.RawIOBase):
-    """A request body that sends ``head``, then blocks until ``release`` is set."""
-
-    def __init__(self, head: bytes, tail: bytes) -> None:
-        self.head, self.tail = head, tail
-        self.blocked = threading.Event()
-        self.release = threading.Event()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if not self.head:
-            self.blocked.set()
-            if not self.release.wait(TIMEOUT):
-                raise OSError("the test never released the upload")
-            self.head, self.tail = self.tail, b""
-        n = min(len(buffer), len(self.head))
-        buffer[:n] = self.head[:n]
-        self.head = self.head[n:]
-        return n
-
-
-def start_slow_publish(
-    repo: Repository, coords: str, body: BlockingBody, length: int
-) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run a publish whose body blocks, in its own thread; its answer lands in ``out``."""
-    environ = EnvironBuilder(
-        path=f"/v1/{coords}/blob", method="PUT", content_type="application/octet-stream"
-    ).get_environ()
-    environ["wsgi.input"] = body
-    environ["CONTENT_LENGTH"] = str(length)
-    environ[PRINCIPAL] = WRITER
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        res = Response.from_app(repo.wsgi_app(), environ)
-        out["status"], out["json"] = res.status_code, res.get_json()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert body.blocked.wait(TIMEOUT), "the slow upload never started"
-    return thread, out
-
-
-def run_bounded(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in another thread and fail if it does not finish within TIMEOUT."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(fn).result(timeout=TIMEOUT)
-    finally:
-        pool.shutdown(wait=False)
 
 
 def test_slow_upload_does_not_block_other_requests(repo: Repository) -> None:

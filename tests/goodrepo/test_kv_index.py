@@ -14,13 +14,6 @@ from goodrepo.storage.kv import KV
 from goodrepo.versions import get_scheme
 
 
-@pytest.fixture
-def kv(tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = KV(tmp_path / "kv")
-    yield store
-    store.close()
-
-
 def test_transaction_commits_atomically_or_not_at_all(kv: KV) -> None:
     with kv.transaction() as txn:
         txn.put_json(b"d:a", 1)

@@ -25,10 +25,9 @@ from goodrepo.errors import (
     ValidationError,
 )
 from goodrepo.repository import SCHEMA_KEY, Repository
-from middleware.keys import PRINCIPAL
 
 from .conftest import WRITER, client_for, publish
-from .test_concurrency import BlockingBody, run_bounded, start_slow_publish
+from .slow import BlockingBody, run_bounded, start_slow_publish, start_slow_put
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0
@@ -412,25 +411,7 @@ def test_replacement_takes_effect_on_the_next_request_only(repo: Repository) -> 
 def _start_slow_tag_move(
     repo: Repository, body: BlockingBody, length: int
 ) -> tuple[threading.Thread, dict[str, Any]]:
-    from werkzeug.test import EnvironBuilder
-    from werkzeug.wrappers import Response
-
-    environ = EnvironBuilder(
-        path="/v1/acme/app/tags/stable", method="PUT", content_type="application/json"
-    ).get_environ()
-    environ["wsgi.input"] = body
-    environ["CONTENT_LENGTH"] = str(length)
-    environ[PRINCIPAL] = WRITER
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        res = Response.from_app(repo.wsgi_app(), environ)
-        out["status"], out["json"] = res.status_code, res.get_json()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert body.blocked.wait(TIMEOUT), "the tag move never started reading its body"
-    return thread, out
+    return start_slow_put(repo, "/v1/acme/app/tags/stable", body, length, "application/json")
 
 
 def test_stored_schema_survives_reopening(tmp_path: Path) -> None:
