@@ -142,7 +142,7 @@ class JsonApi:
             return self.fallback(environ, start_response)
         except MethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.valid_methods or []))
-            err = MethodNotAllowedError(headers={"Allow": allowed})
+            err = MethodNotAllowedError(headers={"Allow": allowed, "Cache-Control": "no-store"})
             return error_response(err, environ)(environ, start_response)
         except HTTPException:  # includes the redirect a trailing slash would get
             return self.fallback(environ, start_response)

@@ -108,6 +108,9 @@ class KV:
         self.read_only = read_only
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
+        # RocksDB's own info log: a few bounded files, not one more on every open.
+        opts.set_keep_log_file_num(5)
+        opts.set_max_log_file_size(8 << 20)
         try:
             if read_only:
                 secondary = self.path.with_name(self.path.name + ".secondary")
