@@ -43,13 +43,13 @@ set ``goodrepo.error_code``.
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
 import logging
 import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -97,19 +97,47 @@ class Rule:
     name: str | None = None
 
 
+class _Limit:
+    """One parsed limit of a rule, and its storage keys made once the way ``limits`` does.
+
+    ``limits`` rebuilds a key from its parts on every call, and a strategy's hit and its
+    window statistics are two calls; here the constant parts are joined once, so each
+    request pays for one string concatenation.
+    """
+
+    __slots__ = ("item", "amount", "expiry", "limit_header", "_head", "_tail")
+
+    def __init__(self, item: RateLimitItem, key_prefix: str, scope: str) -> None:
+        self.item = item
+        self.amount = item.amount
+        self.expiry = item.get_expiry()
+        self.limit_header = ("RateLimit-Limit", str(item.amount))
+        sample = item.key_for(key_prefix, scope, _KEY_SLOT)
+        self._head, _, self._tail = sample.partition(_KEY_SLOT)
+
+    def key(self, identity: str) -> str:
+        """The storage key of ``identity``: ``item.key_for(prefix, scope, identity)``."""
+        return self._head + identity + self._tail
+
+
+_KEY_SLOT = "\x00"
+
+
 class _CompiledRule:
     """A validated rule with its parsed limits, matcher and key function."""
 
-    __slots__ = ("items", "methods", "matches_path", "key", "scope")
+    __slots__ = ("limits", "methods", "matches_path", "key", "scope")
 
-    def __init__(self, rule: Rule, index: int) -> None:
+    def __init__(self, rule: Rule, index: int, key_prefix: str) -> None:
         where = f"rules[{index}]"
         try:
-            self.items: tuple[RateLimitItem, ...] = tuple(parse_many(rule.limit))
+            items = parse_many(rule.limit)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{where}.limit: cannot parse {rule.limit!r}: {err}") from err
-        if not self.items:
+        if not items:
             raise ValueError(f"{where}.limit: no limit in {rule.limit!r}")
+        if rule.name is not None and (not isinstance(rule.name, str) or _KEY_SLOT in rule.name):
+            raise ValueError(f"{where}.name: expected a string without NUL characters")
         if isinstance(rule.methods, str):
             raise ValueError(f"{where}.methods: expected a list of methods, not a string")
         self.methods = frozenset(m.upper() for m in rule.methods) if rule.methods else None
@@ -143,6 +171,7 @@ class _CompiledRule:
         else:
             raise ValueError(f"{where}.key: expected 'client', 'principal' or a callable")
         self.scope = rule.name or str(index)
+        self.limits = tuple(_Limit(item, key_prefix, self.scope) for item in items)
 
 
 def _client_key(environ: WSGIEnvironment, addr: str) -> str:
@@ -162,8 +191,8 @@ class _LeanMemoryStorage(MemoryStorage):
     ``MemoryStorage`` keeps one ``Entry`` object per hit and expires them from a timer
     thread it restarts every 10 ms. Under load those objects make the garbage collector
     run full collections, and every thread start stalls the request that makes it; in a
-    threaded server that costs more than the rest of the stack. Here a window is a sorted
-    list of floats (which the collector does not track), trimmed whenever its key is used;
+    threaded server that costs more than the rest of the stack. Here a window is one deque
+    of float timestamps per key, trimmed from its old end whenever the key is used;
     windows of idle keys are dropped by a sweep at most every ``_SWEEP_INTERVAL`` seconds,
     on the request path, so no thread is involved. The counters of the other strategies
     are ``MemoryStorage``'s own.
@@ -171,7 +200,7 @@ class _LeanMemoryStorage(MemoryStorage):
 
     def __init__(self, uri: str | None = None, **options: Any) -> None:
         super().__init__(uri, **options)
-        self._windows: dict[str, tuple[float, list[float]]] = {}
+        self._windows: dict[str, tuple[float, deque[float]]] = {}
         self._windows_lock = threading.Lock()
         self._next_sweep = time.time() + _SWEEP_INTERVAL
 
@@ -180,23 +209,46 @@ class _LeanMemoryStorage(MemoryStorage):
             return False
         now = time.time()
         with self._windows_lock:
-            if now >= self._next_sweep:
-                self._sweep(now)
-            _, window = self._windows.setdefault(key, (expiry, []))
-            del window[: bisect.bisect_left(window, now - expiry)]
+            window = self._current_window(key, expiry, now)
             if len(window) + amount > limit:
                 return False
             window.extend([now] * amount)
             return True
 
+    def charge_moving_window(
+        self, limit: _Limit, scope: str, identity: str
+    ) -> tuple[bool, float, int]:
+        """``acquire_entry`` then ``get_moving_window`` for ``limit``, under one lock."""
+        expiry = limit.expiry
+        now = time.time()
+        with self._windows_lock:
+            window = self._current_window(limit.key(identity), expiry, now)
+            allowed = len(window) < limit.amount
+            if allowed:
+                window.append(now)
+            start = window[0] if window else now
+            return allowed, start + expiry, limit.amount - len(window)
+
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         now = time.time()
         with self._windows_lock:
-            _, window = self._windows.get(key, (expiry, []))
-            start = bisect.bisect_left(window, now - expiry)
-            if start == len(window):
-                return now, 0
-            return window[start], len(window) - start
+            window = self._current_window(key, expiry, now)
+            return (window[0], len(window)) if window else (now, 0)
+
+    def _current_window(self, key: str, expiry: int, now: float) -> deque[float]:
+        """The timestamps of ``key`` still inside its window at ``now`` (created empty),
+        oldest first; call with the lock held. Each timestamp is dropped once, so a hit
+        costs the same whatever the limit."""
+        if now >= self._next_sweep:
+            self._sweep(now)
+        entry = self._windows.get(key)
+        if entry is None:
+            entry = self._windows[key] = (expiry, deque())
+        window = entry[1]
+        cutoff = now - expiry
+        while window and window[0] < cutoff:
+            window.popleft()
+        return window
 
     def clear(self, key: str) -> None:
         super().clear(key)
@@ -236,6 +288,8 @@ class RateLimitMiddleware:
         key_prefix: str = "goodrepo",
     ) -> None:
         self.app = app
+        if not isinstance(key_prefix, str) or not key_prefix or _KEY_SLOT in key_prefix:
+            raise ValueError("key_prefix: expected a non-empty string without NUL characters")
         compiled = []
         for index, rule in enumerate(rules):
             if isinstance(rule, Mapping):
@@ -246,7 +300,7 @@ class RateLimitMiddleware:
                 rule = Rule(**rule)
             if not isinstance(rule, Rule):
                 raise ValueError(f"rules[{index}]: expected a Rule or a mapping")
-            compiled.append(_CompiledRule(rule, index))
+            compiled.append(_CompiledRule(rule, index, key_prefix))
         self._rules = tuple(compiled)
         if isinstance(storage, str):
             options = dict(storage_options or {})
@@ -288,16 +342,23 @@ class RateLimitMiddleware:
         if on_storage_error not in _STORAGE_ERROR_CHOICES:
             raise ValueError(f"on_storage_error: choose from {list(_STORAGE_ERROR_CHOICES)}")
         self._fail_open = on_storage_error == "open"
-        if not isinstance(key_prefix, str) or not key_prefix:
-            raise ValueError("key_prefix: expected a non-empty string")
         self._key_prefix = key_prefix
+        self._charge = self._charge_with_limiter
+        if strategy == "moving-window":
+            self._charge = (
+                backend.charge_moving_window
+                if isinstance(backend, _LeanMemoryStorage)
+                else self._charge_moving_window
+            )
+        elif strategy == "fixed-window":
+            self._charge = self._charge_fixed_window
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         addr = self.client_address(environ)
         environ[CLIENT_ADDR] = addr
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"
-        tightest: tuple[RateLimitItem, float, int] | None = None
+        tightest: tuple[_Limit, float, int] | None = None
         try:
             for rule in self._rules:
                 if rule.methods is not None and method not in rule.methods:
@@ -307,15 +368,12 @@ class RateLimitMiddleware:
                 identity = rule.key(environ, addr)
                 if identity is None:
                     continue
-                for item in rule.items:
-                    allowed = self._limiter.hit(item, self._key_prefix, rule.scope, identity)
-                    reset, remaining = self._limiter.get_window_stats(
-                        item, self._key_prefix, rule.scope, identity
-                    )
+                for limit in rule.limits:
+                    allowed, reset, remaining = self._charge(limit, rule.scope, identity)
                     if not allowed:
-                        return self._refuse(environ, start_response, item, reset)
+                        return self._refuse(environ, start_response, limit, reset)
                     if tightest is None or remaining < tightest[2]:
-                        tightest = (item, reset, remaining)
+                        tightest = (limit, reset, remaining)
         except self._storage_errors as err:
             return self._storage_failed(environ, start_response, err)
         if tightest is None:
@@ -328,6 +386,33 @@ class RateLimitMiddleware:
             return start_response(status, headers + limit_headers, exc_info)
 
         return self.app(environ, _start_response)
+
+    # Each charge hits one limit for one identity and answers (allowed, reset time,
+    # remaining) in as few storage calls as the strategy allows: what ``limits``'
+    # strategies compute with ``hit`` and then ``get_window_stats``.
+
+    def _charge_moving_window(
+        self, limit: _Limit, scope: str, identity: str
+    ) -> tuple[bool, float, int]:
+        storage: Any = self.storage
+        key = limit.key(identity)
+        allowed = storage.acquire_entry(key, limit.amount, limit.expiry)
+        start, entries = storage.get_moving_window(key, limit.amount, limit.expiry)
+        return allowed, start + limit.expiry, limit.amount - entries
+
+    def _charge_fixed_window(
+        self, limit: _Limit, scope: str, identity: str
+    ) -> tuple[bool, float, int]:
+        key = limit.key(identity)
+        count = self.storage.incr(key, limit.expiry)
+        return count <= limit.amount, self.storage.get_expiry(key), limit.amount - count
+
+    def _charge_with_limiter(
+        self, limit: _Limit, scope: str, identity: str
+    ) -> tuple[bool, float, int]:
+        allowed = self._limiter.hit(limit.item, self._key_prefix, scope, identity)
+        stats = self._limiter.get_window_stats(limit.item, self._key_prefix, scope, identity)
+        return allowed, stats.reset_time, stats.remaining
 
     def client_address(self, environ: WSGIEnvironment) -> str:
         """Return the client address, believing ``X-Forwarded-For`` from trusted proxies only."""
@@ -357,16 +442,16 @@ class RateLimitMiddleware:
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
-        item: RateLimitItem,
+        limit: _Limit,
         reset: float,
     ) -> Iterable[bytes]:
-        headers = _limit_headers(item, reset, 0)
+        headers = _limit_headers(limit, reset, 0)
         headers.append(("Retry-After", str(max(1, _seconds_until(reset)))))
         response = error_response(
             environ,
             429,
             "RATE_LIMITED",
-            f"rate limit exceeded: {item.amount} per {item.get_expiry()} s",
+            f"rate limit exceeded: {limit.amount} per {limit.expiry} s",
             headers=headers,
         )
         return response(environ, start_response)
@@ -393,9 +478,9 @@ def _seconds_until(reset: float) -> int:
     return max(0, math.ceil(reset - time.time()))
 
 
-def _limit_headers(item: RateLimitItem, reset: float, remaining: int) -> list[tuple[str, str]]:
+def _limit_headers(limit: _Limit, reset: float, remaining: int) -> list[tuple[str, str]]:
     return [
-        ("RateLimit-Limit", str(item.amount)),
+        limit.limit_header,
         ("RateLimit-Remaining", str(max(0, remaining))),
         ("RateLimit-Reset", str(_seconds_until(reset))),
     ]

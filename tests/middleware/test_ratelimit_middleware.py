@@ -143,12 +143,40 @@ def test_every_matching_rule_is_charged(recording_app: RecordingApp) -> None:
     assert other.headers["RateLimit-Remaining"] == "2"
 
 
-@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+STRATEGY_NAMES = ["moving-window", "fixed-window", "sliding-window-counter"]
+
+
+def check_strategy(app: TestApp) -> None:
+    """Two allowed requests counting down, then a refusal, with consistent headers."""
+    for remaining in ("1", "0"):
+        response = app.get("/x")
+        assert response.headers["RateLimit-Remaining"] == remaining
+        assert 0 <= int(response.headers["RateLimit-Reset"]) <= 60
+    refused = app.get("/x", status=429)
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_strategies(recording_app: RecordingApp, strategy: str) -> None:
-    app = limited(recording_app, Rule("2/minute"), strategy=strategy)
-    app.get("/x")
-    app.get("/x")
-    app.get("/x", status=429)
+    check_strategy(limited(recording_app, Rule("2/minute"), strategy=strategy))
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_counters_live_under_the_keys_limits_uses(
+    recording_app: RecordingApp, strategy: str
+) -> None:
+    """The keys made once per limit are the ones ``limits``' own strategies read."""
+    from limits import parse
+    from limits.strategies import STRATEGIES
+
+    middleware = RateLimitMiddleware(
+        recording_app, rules=[Rule("5/minute", name="keyed")], strategy=strategy, key_prefix="kp"
+    )
+    TestApp(middleware).get("/x", extra_environ=addr("10.1.2.3"))
+    limiter = STRATEGIES[strategy](middleware.storage)
+    stats = limiter.get_window_stats(parse("5/minute"), "kp", "keyed", "addr:10.1.2.3")
+    assert stats.remaining == 4
 
 
 @pytest.mark.parametrize(
@@ -233,14 +261,11 @@ def test_redis_storage_is_shared_between_instances(
     other_prefix.get("/x", status=200)
 
 
-@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_redis_strategies(redis_url: str, recording_app: RecordingApp, strategy: str) -> None:
-    app = limited(
-        recording_app, Rule("2/minute"), storage=redis_url, strategy=strategy, key_prefix=strategy
-    )
-    app.get("/x")
-    app.get("/x")
-    app.get("/x", status=429)
+    prefix = f"{strategy}-{free_port()}"  # fresh counters on every run
+    options = {"storage": redis_url, "strategy": strategy, "key_prefix": prefix}
+    check_strategy(limited(recording_app, Rule("2/minute"), **options))
 
 
 CONFIG_ERRORS = [
@@ -257,6 +282,8 @@ CONFIG_ERRORS = [
     ),
     pytest.param({"rules": ["1/minute"]}, "rules\\[0\\]", id="rule-not-a-rule"),
     pytest.param({"strategy": "leaky-bucket"}, "strategy", id="unknown-strategy"),
+    pytest.param({"key_prefix": "a\x00b"}, "key_prefix", id="nul-in-prefix"),
+    pytest.param({"rules": [Rule("1/minute", name="a\x00b")]}, "name", id="nul-in-name"),
     pytest.param({"storage": "memcache-ish://x"}, "storage", id="unknown-storage"),
     pytest.param({"storage": 42}, "storage", id="storage-not-a-uri"),
     pytest.param({"trusted_proxies": ["proxy.local"]}, "trusted_proxies", id="proxy-not-an-ip"),
