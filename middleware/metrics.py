@@ -60,19 +60,25 @@ Environ keys: sets ``goodrepo.metrics``; reads ``goodrepo.route`` and
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import ipaddress
+import itertools
 import logging
+import math
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 from webob import Response
 
-from middleware._wsgi import ClosingIterator, after_close, is_server_file_wrapper
+from middleware._wsgi import ResponseBody, after_close, is_server_file_wrapper
 from middleware.errors import error_response
 from middleware.keys import ERROR_CODE, METRICS, ROUTE
 
@@ -92,7 +98,6 @@ DEFAULT_COUNTERS = {
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _UNMATCHED = "unmatched"
-_MAX_CACHED_SERIES = 4096
 
 
 class MetricsRecorder:
@@ -116,13 +121,83 @@ class MetricsRecorder:
         counter.inc(amount)
 
 
-class _Exchange:
-    """The status of one request's response; one instance per request."""
+class _Timed(ResponseBody):
+    """One request being measured: its status, and its body until that is closed."""
 
-    __slots__ = ("status",)
+    __slots__ = ("_observe", "_start_response", "environ", "method", "started", "status", "failed")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        observe: Callable[[_Timed], None],
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        method: str,
+    ) -> None:
+        self._observe = observe
+        self._start_response = start_response
+        self.environ = environ
+        self.method = method
         self.status: str | None = None
+        self.failed = False
+        self.started = time.perf_counter()
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        self.status = status
+        return self._start_response(status, headers, exc_info)
+
+    def finish(self) -> None:
+        self._observe(self)
+
+
+class _RequestMetrics:
+    """The request counter and latency histogram, as plain numbers until scraped.
+
+    ``prometheus_client``'s ``Counter`` and ``Histogram`` take a lock for each value they
+    update, three per request; here one lock covers a request, and the numbers become
+    ``prometheus_client`` metric families when the registry collects them. Per series
+    (method, route, status) the values are ``[sum, count in bucket 0, ..., count above
+    the last bound]``.
+    """
+
+    def __init__(self, prefix: str, buckets: tuple[float, ...]) -> None:
+        self._requests = prefix + "http_requests"
+        self._duration = prefix + "http_request_duration_seconds"
+        self._bounds = (*buckets, math.inf)
+        self._le = [floatToGoString(bound) for bound in self._bounds]
+        self._series: dict[tuple[str, str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, labels: tuple[str, str, str], seconds: float) -> None:
+        """Count one request of the series ``labels`` that took ``seconds``."""
+        bucket = bisect.bisect_left(self._bounds, seconds) + 1
+        with self._lock:
+            values = self._series.get(labels)
+            if values is None:
+                values = self._series[labels] = [0.0] * (len(self._bounds) + 1)
+            values[0] += seconds
+            values[bucket] += 1
+
+    def describe(self) -> list[Metric]:
+        return self._families([])
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            snapshot = [(labels, list(values)) for labels, values in self._series.items()]
+        return self._families(snapshot)
+
+    def _families(self, series: list[tuple[tuple[str, str, str], list[float]]]) -> list[Metric]:
+        names = ["method", "route", "status"]
+        requests = CounterMetricFamily(self._requests, "HTTP requests answered.", labels=names)
+        duration = HistogramMetricFamily(
+            self._duration, "Time from the call to the close of the response body.", labels=names
+        )
+        for labels, values in series:
+            cumulative = list(itertools.accumulate(values[1:]))
+            requests.add_metric(labels, cumulative[-1])
+            duration.add_metric(labels, list(zip(self._le, cumulative, strict=True)), values[0])
+        return [requests, duration]
 
 
 class MetricsMiddleware:
@@ -161,32 +236,22 @@ class MetricsMiddleware:
             raise ValueError("buckets: expected increasing, distinct numbers of seconds")
         self.registry = registry if registry is not None else CollectorRegistry()
         prefix = namespace + "_"
-        self._requests = Counter(
-            prefix + "http_requests",
-            "HTTP requests answered.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self._duration = Histogram(
-            prefix + "http_request_duration_seconds",
-            "Time from the call to the close of the response body.",
-            ["method", "route", "status"],
-            buckets=buckets,
-            registry=self.registry,
-        )
+        self._requests = _RequestMetrics(prefix, buckets)
+        self.registry.register(self._requests)
+        # Requests being handled: list.append and list.pop are atomic, so no lock is needed.
+        self._active: list[None] = []
         self._in_flight = Gauge(
             prefix + "http_requests_in_flight",
             "HTTP requests being handled.",
             registry=self.registry,
         )
+        self._in_flight.set_function(self._active.__len__)
         self._errors = Counter(
             prefix + "http_errors",
             "Failed HTTP requests by error code.",
             ["route", "code"],
             registry=self.registry,
         )
-        # Label children by (method, route, status): labels() costs more than the update.
-        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         declared = {}
         for name, documentation in counters.items():
             if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
@@ -211,63 +276,32 @@ class MetricsMiddleware:
         method = environ.get("REQUEST_METHOD", "")
         if method not in _KNOWN_METHODS:
             method = "OTHER"
-        exchange = _Exchange()
-        started = time.perf_counter()
-        self._in_flight.inc()
-
-        def _start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Callable[[bytes], object]:
-            exchange.status = status
-            return start_response(status, headers, exc_info)
-
+        timed = _Timed(self._observe, environ, start_response, method)
+        self._active.append(None)
         try:
-            app_iter = self.app(environ, _start_response)
+            app_iter = self.app(environ, timed.start_response)
         except BaseException:
-            self._observe(environ, method, exchange, started, failed=True)
+            timed.failed = True
+            self._observe(timed)
             raise
-
-        if is_server_file_wrapper(environ, app_iter) and after_close(
-            app_iter, self._observe, environ, method, exchange, started
-        ):
+        if is_server_file_wrapper(environ, app_iter) and after_close(app_iter, timed.finish):
             return app_iter  # the server sends its own file wrapper best unwrapped
+        timed.wrap(app_iter)
+        return timed
 
-        def _finish() -> None:
-            try:
-                close = getattr(app_iter, "close", None)
-                if close is not None:
-                    close()
-            finally:
-                self._observe(environ, method, exchange, started)
-
-        return ClosingIterator(_passthrough(app_iter), _finish)
-
-    def _observe(
-        self,
-        environ: WSGIEnvironment,
-        method: str,
-        exchange: _Exchange,
-        started: float,
-        failed: bool = False,
-    ) -> None:
-        self._in_flight.dec()
+    def _observe(self, timed: _Timed) -> None:
+        """Record a finished request."""
+        self._active.pop()
+        environ = timed.environ
         route = environ.get(ROUTE)
         if not isinstance(route, str) or not route:
             route = _UNMATCHED
-        status = exchange.status[:3] if exchange.status and not failed else "500"
-        elapsed = time.perf_counter() - started
-        labels = (method, route, status)
-        series = self._series.get(labels)
-        if series is None:
-            series = (self._requests.labels(*labels), self._duration.labels(*labels))
-            if len(self._series) < _MAX_CACHED_SERIES:
-                self._series[labels] = series
-        series[0].inc()
-        series[1].observe(elapsed)
+        status = timed.status[:3] if timed.status and not timed.failed else "500"
+        self._requests.observe((timed.method, route, status), time.perf_counter() - timed.started)
         code = environ.get(ERROR_CODE)
         if isinstance(code, str) and code:
             self._errors.labels(route, code).inc()
-        elif failed:
+        elif timed.failed:
             self._errors.labels(route, "INTERNAL_ERROR").inc()
 
     def _serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -302,11 +336,3 @@ class MetricsMiddleware:
         except ValueError:
             return False
         return any(ip in network for network in self._allow_from)
-
-
-def _passthrough(app_iter: Iterable[bytes]) -> Iterator[bytes]:
-    """Yield the body unchanged; the caller closes ``app_iter`` itself, whatever happens."""
-    # A for loop, not ``yield from``: closing this generator must not close app_iter too,
-    # or an iterable with a non-idempotent close() would see it twice.
-    for chunk in app_iter:  # noqa: UP028
-        yield chunk

@@ -49,11 +49,11 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from middleware._wsgi import ClosingIterator, after_close, is_server_file_wrapper
+from middleware._wsgi import ResponseBody, after_close, is_server_file_wrapper, lowered_names
 from middleware.errors import error_response
 from middleware.keys import CLIENT_ADDR, ERROR_CODE, PRINCIPAL, REQUEST_ID, ROUTE
 
@@ -94,16 +94,76 @@ class RequestIDFilter(logging.Filter):
         return True
 
 
-class _Exchange:
-    """What one request's response looked like; one instance per request, never shared."""
+class _Exchange(ResponseBody):
+    """One request and its response: the status, headers and bytes sent, and the body
+    until it is closed, when the access-log line is written. Never shared."""
 
-    __slots__ = ("status", "headers", "bytes", "failed")
+    __slots__ = (
+        "_middleware",
+        "_start_response",
+        "request_id",
+        "environ",
+        "started",
+        "context_token",
+        "status",
+        "headers",
+        "bytes",
+        "failed",
+        "logger",
+    )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        middleware: RequestIDMiddleware,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        request_id: str,
+        context_token: Any,
+        logger: logging.Logger | None,
+    ) -> None:
+        self._middleware = middleware
+        self._start_response = start_response
+        self.request_id = request_id
+        self.environ = environ
+        self.context_token = context_token
+        self.started = time.perf_counter()
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.bytes = 0
         self.failed = False
+        self.logger = logger
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        middleware = self._middleware
+        if middleware._header_lower in lowered_names(headers):
+            name = middleware._header_lower
+            headers = [item for item in headers if item[0].lower() != name]
+        headers = [*headers, (middleware._header, self.request_id)]
+        self.status = status
+        self.headers = headers
+        return self._start_response(status, headers, exc_info)
+
+    def finish(self) -> None:
+        self._middleware._finish(self)
+
+
+class _LoggedExchange(_Exchange):
+    """An exchange whose access-log line is written: it counts the body as it goes."""
+
+    __slots__ = ()
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = self._next()
+        except StopIteration:
+            raise
+        except Exception:
+            self.failed = True
+            raise
+        self.bytes += len(chunk)
+        return chunk
 
 
 class RequestIDMiddleware:
@@ -140,32 +200,28 @@ class RequestIDMiddleware:
         request_id = self._incoming(environ) or self._generate()
         environ[REQUEST_ID] = request_id
         context_token = _current_request_id.set(request_id)
-        started = time.perf_counter()
-        exchange = _Exchange()
-        id_header = (self._header, request_id)
-        header_lower = self._header_lower
-
-        def _start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Callable[[bytes], object]:
-            exchange.status = status
-            headers = [item for item in headers if item[0].lower() != header_lower]
-            headers.append(id_header)
-            exchange.headers = headers
-            return start_response(status, headers, exc_info)
-
+        # Whether this request is logged is settled now, so that a request the log does
+        # not want costs no counting.
+        logger = self._access_log
+        exchange: _Exchange
+        if logger is not None and logger.isEnabledFor(logging.INFO):
+            exchange = _LoggedExchange(
+                self, environ, start_response, request_id, context_token, logger
+            )
+        else:
+            exchange = _Exchange(self, environ, start_response, request_id, context_token, None)
         try:
-            app_iter = self.app(environ, _start_response)
+            app_iter = self.app(environ, exchange.start_response)
         except Exception:
             if not self._catch_errors:
                 exchange.failed = True
-                self._finish(environ, exchange, started, context_token)
+                self._finish(exchange)
                 raise
             log.exception("unhandled error in the application")
             exc_info = sys.exc_info()
             response = error_response(environ, 500, "INTERNAL_ERROR", "internal server error")
             app_iter = response(
-                environ, lambda status, headers: _start_response(status, headers, exc_info)
+                environ, lambda status, headers: exchange.start_response(status, headers, exc_info)
             )
             del exc_info
 
@@ -173,18 +229,10 @@ class RequestIDMiddleware:
             # Hand the server its own file wrapper back so it can send the file itself;
             # the log line waits for its close() and counts the declared length.
             exchange.bytes = _declared_length(exchange.headers)
-            if after_close(app_iter, self._finish, environ, exchange, started, context_token):
+            if after_close(app_iter, exchange.finish):
                 return app_iter
-
-        def _finish() -> None:
-            try:
-                close = getattr(app_iter, "close", None)
-                if close is not None:
-                    close()
-            finally:
-                self._finish(environ, exchange, started, context_token)
-
-        return ClosingIterator(_counted(app_iter, exchange), _finish)
+        exchange.wrap(app_iter)
+        return exchange
 
     def _incoming(self, environ: WSGIEnvironment) -> str | None:
         if not self._trust_incoming:
@@ -194,29 +242,21 @@ class RequestIDMiddleware:
             return str(value)
         return None
 
-    def _finish(
-        self,
-        environ: WSGIEnvironment,
-        exchange: _Exchange,
-        started: float,
-        context_token: Any,
-    ) -> None:
+    def _finish(self, exchange: _Exchange) -> None:
         try:
-            logger = self._access_log
-            if logger is not None and logger.isEnabledFor(logging.INFO):
-                _write_access_log(logger, environ, exchange, started)
+            if exchange.logger is not None:
+                _write_access_log(exchange.logger, exchange)
         finally:
             try:
-                _current_request_id.reset(context_token)
+                _current_request_id.reset(exchange.context_token)
             except ValueError:
                 # close() ran in another context than the call (some servers do this);
                 # the token cannot be used there, so just clear the variable.
                 _current_request_id.set(None)
 
 
-def _write_access_log(
-    logger: logging.Logger, environ: WSGIEnvironment, exchange: _Exchange, started: float
-) -> None:
+def _write_access_log(logger: logging.Logger, exchange: _Exchange) -> None:
+    environ = exchange.environ
     status: int | None = None
     if exchange.status is not None:
         try:
@@ -237,7 +277,7 @@ def _write_access_log(
         "route": environ.get(ROUTE),
         "status": status,
         "bytes": exchange.bytes,
-        "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
+        "duration_ms": round((time.perf_counter() - exchange.started) * 1000.0, 3),
         "client": environ.get(CLIENT_ADDR) or environ.get("REMOTE_ADDR"),
         "user": principal.get("sub") if isinstance(principal, dict) else None,
         "request_id": environ.get(REQUEST_ID),
@@ -253,7 +293,7 @@ def _random_hex() -> str:
     server winning it back costs far more than the ID is worth. A request ID is a label,
     not a secret, so a non-cryptographic generator is enough.
     """
-    return f"{random.getrandbits(128):032x}"
+    return random.getrandbits(128).to_bytes(16, "little").hex()
 
 
 def _declared_length(headers: list[tuple[str, str]]) -> int:
@@ -261,17 +301,6 @@ def _declared_length(headers: list[tuple[str, str]]) -> int:
         if name.lower() == "content-length" and value.isdigit():
             return int(value)
     return 0
-
-
-def _counted(app_iter: Iterable[bytes], exchange: _Exchange) -> Iterator[bytes]:
-    """Yield the body unchanged while counting its bytes; the caller closes ``app_iter``."""
-    try:
-        for chunk in app_iter:
-            exchange.bytes += len(chunk)
-            yield chunk
-    except Exception:
-        exchange.failed = True
-        raise
 
 
 def _logged_path(environ: WSGIEnvironment) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 from wsgiref.util import FileWrapper
 
@@ -267,3 +268,22 @@ def test_a_server_file_wrapper_is_observed_when_it_closes(registry: CollectorReg
     assert sample(registry, "goodrepo_http_requests_in_flight") == 0
     labels = {"method": "GET", "route": "unmatched", "status": "200"}
     assert sample(registry, "goodrepo_http_requests_total", **labels) == 1
+
+
+def test_the_histogram_counts_each_request_in_its_bucket_and_the_sum(
+    registry: CollectorRegistry,
+) -> None:
+    def slow(environ: dict) -> None:
+        time.sleep(0.03)
+
+    app = MetricsMiddleware(RecordingApp(inspect=slow), registry=registry, buckets=(0.01, 30.0))
+    TestApp(app).get("/")
+    TestApp(app).get("/")
+    labels = {"method": "GET", "route": "unmatched", "status": "200"}
+    name = "goodrepo_http_request_duration_seconds"
+    assert sample(registry, name + "_bucket", le="0.01", **labels) == 0
+    assert sample(registry, name + "_bucket", le="30.0", **labels) == 2
+    assert sample(registry, name + "_bucket", le="+Inf", **labels) == 2
+    assert sample(registry, name + "_count", **labels) == 2
+    assert 0.06 <= (sample(registry, name + "_sum", **labels) or 0) < 60
+    assert sample(registry, "goodrepo_http_requests_total", **labels) == 2
