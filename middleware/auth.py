@@ -184,10 +184,12 @@ class _KeyRing:
 
 
 class _VerifiedTokens:
-    """Tokens that passed verification, with the key that verified them; bounded, FIFO.
+    """Tokens that passed verification, with the key that verified them and the principal
+    made of their claims; bounded, FIFO.
 
     Shared by all requests on purpose: pyjwt's parsing and signature check are most of
-    this middleware's cost, and a client sends the same token many times.
+    this middleware's cost, and a client sends the same token many times. Each request
+    gets its own copy of the principal.
     """
 
     def __init__(self, size: int) -> None:
@@ -198,13 +200,13 @@ class _VerifiedTokens:
     def get(self, token: str) -> tuple[str, _Key, dict[str, Any]] | None:
         return self._entries.get(token) if self._size else None
 
-    def put(self, token: str, kid: str, key: _Key, claims: dict[str, Any]) -> None:
+    def put(self, token: str, kid: str, key: _Key, principal: dict[str, Any]) -> None:
         if not self._size:
             return
         with self._lock:
             while len(self._entries) >= self._size:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[token] = (kid, key, claims)
+            self._entries[token] = (kid, key, principal)
 
     def drop(self, token: str) -> None:
         with self._lock:
@@ -342,9 +344,21 @@ class JWTAuthMiddleware:
             raise _Refused("not a bearer token")
         if len(token) > _MAX_TOKEN_LENGTH:
             raise _Refused("token too long")
-        remembered = self._remembered(token)
-        if remembered is not None:
-            return self._accept(remembered)
+        principal = self._remembered(token)
+        if principal is None:
+            principal = self._verify(token)
+        # A copy for this request: the app may change it, the cached one must not change.
+        principal = {
+            **principal,
+            "scopes": list(principal["scopes"]),
+            "claims": dict(principal["claims"]),
+        }
+        if self._is_revoked is not None and self._is_revoked(principal["claims"]):
+            raise _Revoked("token revoked")
+        return principal
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        """Verify ``token`` with pyjwt and the checks it lacks; remember its principal."""
         kid = jwt.get_unverified_header(token).get("kid")
         if not isinstance(kid, str):
             raise _Refused("no key id")
@@ -360,27 +374,20 @@ class JWTAuthMiddleware:
             audience=self._audience,
             leeway=self._leeway,
         )
-        principal = self._accept(claims)
-        self._verified.put(token, kid, key, claims)
+        principal = self._principal(claims)
+        self._verified.put(token, kid, key, principal)
         return principal
 
     def _remembered(self, token: str) -> dict[str, Any] | None:
-        """The claims of ``token`` if it was verified before and still would be."""
+        """The principal of ``token`` if it was verified before and still would be."""
         cached = self._verified.get(token)
         if cached is None:
             return None
-        kid, key, claims = cached
-        if self._keys.get(kid) is key and claims["exp"] > time.time() - self._leeway:
-            return claims
+        kid, key, principal = cached
+        if self._keys.get(kid) is key and principal["claims"]["exp"] > time.time() - self._leeway:
+            return principal
         self._verified.drop(token)  # its key rotated out, or it expired: verify afresh
         return None
-
-    def _accept(self, claims: dict[str, Any]) -> dict[str, Any]:
-        """The principal for verified ``claims``, unless the token was revoked."""
-        principal = self._principal(claims)
-        if self._is_revoked is not None and self._is_revoked(principal["claims"]):
-            raise _Revoked("token revoked")
-        return principal
 
     def _principal(self, claims: dict[str, Any]) -> dict[str, Any]:
         exp, iat, sub = claims["exp"], claims["iat"], claims["sub"]
@@ -407,7 +414,7 @@ class JWTAuthMiddleware:
             "sub": sub,
             "scopes": list(scopes),
             "token_id": token_id if isinstance(token_id, str) else None,
-            "claims": dict(claims),  # a copy: the cached claims must not change
+            "claims": dict(claims),
             "anonymous": False,
         }
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from webob import Response
 
+from middleware._wsgi import lowered_names
 from middleware.errors import error_response
 
 if TYPE_CHECKING:
@@ -188,10 +189,16 @@ class CORSMiddleware:
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Callable[[bytes], object]:
+            present = set(lowered_names(headers))
             if added:
-                headers = [h for h in headers if h[0].lower() not in _CORS_HEADERS] + added
+                if not _CORS_HEADERS.isdisjoint(present):
+                    headers = [h for h in headers if h[0].lower() not in _CORS_HEADERS]
+                headers = headers + added
             if varies:
-                headers = _add_vary(headers, "Origin")
+                if "vary" in present:
+                    headers = _add_vary(headers, "Origin")
+                else:
+                    headers = [*headers, ("Vary", "Origin")]
             return start_response(status, headers, exc_info)
 
         return self.app(environ, _start_response)

@@ -41,6 +41,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from middleware._wsgi import lowered_names
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -113,28 +115,31 @@ class SecurityHeadersMiddleware:
         self._csp = _checked(
             "content_security_policy", "Content-Security-Policy", content_security_policy
         )
-        names = [name.lower() for name, _ in self._headers]
-        if len(set(names)) != len(names):
+        self._defaults = tuple((name.lower(), (name, value)) for name, value in self._headers)
+        if len({name for name, _ in self._defaults}) != len(self._defaults):
             raise ValueError("extra_headers: repeats a header this middleware already sets")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        defaults = self._headers
+        defaults = self._defaults
         csp = self._csp
 
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Callable[[bytes], object]:
-            present = {name.lower() for name, _ in headers}
-            added = [header for header in defaults if header[0].lower() not in present]
-            if csp is not None and "content-security-policy" not in present and _is_html(headers):
+            names = lowered_names(headers)
+            present = set(names)
+            added = [header for name, header in defaults if name not in present]
+            if (
+                csp is not None
+                and "content-type" in present
+                and "content-security-policy" not in present
+                and _is_html(headers[names.index("content-type")][1])
+            ):
                 added.append(csp)
             return start_response(status, headers + added if added else headers, exc_info)
 
         return self.app(environ, _start_response)
 
 
-def _is_html(headers: list[tuple[str, str]]) -> bool:
-    for name, value in headers:
-        if name.lower() == "content-type":
-            return value.split(";", 1)[0].strip().lower() in ("text/html", "application/xhtml+xml")
-    return False
+def _is_html(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() in ("text/html", "application/xhtml+xml")
