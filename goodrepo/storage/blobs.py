@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH_TEMPLATE = "sha256/{digest:0:2}/{digest:2:2}/{digest}"
 TEMP_DIR = ".tmp"
+_DURABLE_DIRS_KEPT = 1 << 17
 _TEMP_SUFFIX = ".part"
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _PLACEHOLDER = re.compile(r"\{digest(?::([0-9]+):([0-9]+))?\}")
@@ -188,9 +189,14 @@ class StagedBlob:
             else:
                 if existing is not None:
                     log.warning("replacing blob %s of wrong size %d", self.digest, existing)
-                self.store._makedirs(final.parent)
-                os.replace(self.path, final)
-                _fsync_dir(final.parent)
+                try:
+                    os.replace(self.path, final)
+                except FileNotFoundError:  # the blob's directory is new
+                    self.store._makedirs(final.parent)
+                    os.replace(self.path, final)
+            # Also when the blob was there: another put may have renamed it in just now
+            # and not yet made that durable.
+            self.store._sync_dirs(final.parent)
         except OSError as err:
             self.discard()
             raise StoreError("failed to store the blob") from err
@@ -248,6 +254,9 @@ class BlobStore:
         self.max_blob_bytes = max_blob_bytes
         self.chunk_size = chunk_size
         self.tmp_dir = self.root / TEMP_DIR
+        # Blob directories whose entry in their parent is known to be durable (they are
+        # never removed); bounded, and forgetting one only costs a cheap fsync.
+        self._durable_dirs: set[str] = set()
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -270,17 +279,38 @@ class BlobStore:
         return self.root.joinpath(*parts)
 
     def _makedirs(self, directory: Path) -> None:
-        """Create ``directory`` and fsync the parent of every directory created."""
-        missing = []
-        while not directory.is_dir() and directory != directory.parent:
-            missing.append(directory)
+        """Create ``directory`` and its missing parents; :meth:`_sync_dirs` makes them
+        durable."""
+        try:
+            directory.mkdir()
+        except FileNotFoundError:
+            if directory.parent == directory:
+                raise
+            self._makedirs(directory.parent)
+            directory.mkdir(exist_ok=True)
+        except FileExistsError:
+            return
+        self._durable_dirs.discard(str(directory))
+
+    def _sync_dirs(self, directory: Path) -> None:
+        """Make the names in ``directory``, and ``directory`` itself, durable.
+
+        fsyncs ``directory``, then the parent of each directory on the way up to the root
+        that is not yet known to be durable there, whoever created it: a directory that
+        another put has just made may not be durable yet. The directories are created and
+        the blob renamed in before any of these fsyncs, so on a journalling file system
+        the first one commits them all and the others find nothing left to write.
+        """
+        _fsync_dir(directory)
+        while directory != self.root and directory != directory.parent:
+            key = str(directory)
+            if key in self._durable_dirs:
+                return
+            _fsync_dir(directory.parent)
+            if len(self._durable_dirs) >= _DURABLE_DIRS_KEPT:
+                self._durable_dirs.clear()
+            self._durable_dirs.add(key)
             directory = directory.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                continue
-            _fsync_dir(d.parent)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -333,10 +363,11 @@ class BlobStore:
         fd, path = self._create_temp()
         done = False
         try:
-            with open(fd, "wb") as out:
-                hex_, size = self._copy(stream, out, content_length)
-                out.flush()
-                os.fsync(out.fileno())
+            try:
+                hex_, size = self._copy(stream, fd, content_length)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             if size < self.min_blob_bytes:
                 raise self._too_small()
             staged = StagedBlob(self, path, hex_, size)
@@ -349,8 +380,9 @@ class BlobStore:
         staged.verify(expected_sha256_hex)
         return staged
 
-    def _copy(self, stream: Any, out: IO[bytes], content_length: int | None) -> tuple[str, int]:
-        """Copy the body into ``out``, hashing and enforcing the size limit as it goes."""
+    def _copy(self, stream: Any, fd: int, content_length: int | None) -> tuple[str, int]:
+        """Copy the body into the file ``fd``, hashing and enforcing the size limit as it
+        goes; each chunk is written as it comes, with no buffer in between."""
         sha, size, limit, remaining = hashlib.sha256(), 0, self.max_blob_bytes, content_length
         while remaining != 0:
             want = self.chunk_size if remaining is None else min(self.chunk_size, remaining)
@@ -368,7 +400,9 @@ class BlobStore:
             if limit is not None and size > limit:
                 raise self._too_large()
             sha.update(data)
-            out.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if remaining is not None:
                 remaining -= len(data)
         return sha.hexdigest(), size

@@ -30,6 +30,7 @@ from goodrepo.errors import (
     StoreError,
     ValidationError,
 )
+from goodrepo.storage import blobs
 from goodrepo.storage.blob_http import (
     blob_response,
     digest_headers,
@@ -162,6 +163,30 @@ def test_existing_blob_is_not_rewritten(store: BlobStore) -> None:
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert temp_files(store) == []
+
+
+def test_commit_makes_the_blob_and_every_directory_to_it_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs", path_template="sha256/{digest:0:1}/{digest}")
+    synced: list[Path] = []
+    real_fsync_dir = blobs._fsync_dir
+    monkeypatch.setattr(blobs, "_fsync_dir", lambda d: synced.append(d) or real_fsync_dir(d))
+    path = store.path_for(HELLO_HEX)
+    path.parent.mkdir(parents=True)  # made by another put that has not synced it yet
+    store.put_stream(io.BytesIO(HELLO)).commit()
+    assert path.read_bytes() == HELLO
+    # The new name, then each directory's entry in its parent, up to the store's root.
+    assert synced == [path.parent, path.parent.parent, store.root]
+    synced.clear()
+    store.put_stream(io.BytesIO(HELLO)).commit()  # already there: made durable all the same
+    neighbour = next(
+        body
+        for body in (f"blob {n}".encode() for n in range(1000))
+        if hashlib.sha256(body).hexdigest()[0] == HELLO_HEX[0]
+    )
+    store.put_stream(io.BytesIO(neighbour)).commit()
+    assert synced == [path.parent, path.parent]  # the directories are known to be durable
 
 
 def test_staged_blob_lifecycle(store: BlobStore) -> None:
