@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -53,35 +53,37 @@ def after_close(app_iter: Any, callback: Callable[..., None], *args: Any) -> boo
 class ResponseBody:
     """One response's body on its way out, and the state a middleware keeps about it.
 
-    Iterating passes the app's chunks through (a subclass may override ``__next__`` to
-    watch them); ``close()`` closes the app's body, then calls :meth:`finish` whatever
-    happened. A subclass adds its per-request fields as slots, so
-    a request costs the middleware one object rather than a closure, a generator and a
-    wrapper; that matters because every microsecond of Python per request costs several
-    in a threaded server's throughput.
+    Iterating it iterates the app's body itself: ``iter()`` hands out the app's own
+    iterator, so the chunks do not pass through Python code here (a subclass that
+    watches them returns ``self`` and overrides ``__next__``). The server calls
+    ``close()`` on this object, which closes the app's body, then calls :meth:`finish`
+    whatever happened. A subclass adds its per-request fields as slots, so a request costs
+    the middleware one object rather than a closure, a generator and a wrapper; that
+    matters because every microsecond of Python per request costs several in a threaded
+    server's throughput.
     """
 
-    __slots__ = ("_next", "_close")
+    __slots__ = ("_iter", "_close")
 
     def wrap(self, app_iter: Iterable[bytes]) -> None:
         """Take ``app_iter`` as the body to pass through and close."""
-        self._next = iter(app_iter).__next__
+        self._iter: Iterator[bytes] = iter(app_iter)
         self._close = getattr(app_iter, "close", None)
 
-    def __iter__(self) -> ResponseBody:
-        return self
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iter
 
     def __next__(self) -> bytes:
-        return self._next()
+        return next(self._iter)
 
     def close(self) -> None:
         """Close the app's body, then :meth:`finish`; only the first call does anything."""
-        if self._next is _exhausted:
+        if self._iter is _CLOSED:
             return
         close = self._close
         # Let go of the app's body: a middleware further in may hold this object's
         # start_response, and the two must not stay alive as a cycle for the collector.
-        self._next = _exhausted
+        self._iter = _CLOSED
         self._close = None
         try:
             if close is not None:
@@ -93,6 +95,4 @@ class ResponseBody:
         """Called once the body is closed (or the server's file wrapper is)."""
 
 
-def _exhausted() -> bytes:
-    """The ``__next__`` of a closed body."""
-    raise StopIteration
+_CLOSED: Iterator[bytes] = iter(())

@@ -154,9 +154,12 @@ class _LoggedExchange(_Exchange):
 
     __slots__ = ()
 
+    def __iter__(self) -> _LoggedExchange:
+        return self
+
     def __next__(self) -> bytes:
         try:
-            chunk = self._next()
+            chunk = next(self._iter)
         except StopIteration:
             raise
         except Exception:
