@@ -72,6 +72,15 @@ def error_response(err: GoodrepoError, environ: dict[str, Any]) -> Response:
     return response
 
 
+def path_text(environ: dict[str, Any]) -> str:
+    """``PATH_INFO`` as text: WSGI hands it over as bytes decoded as latin-1."""
+    raw = environ.get("PATH_INFO") or ""
+    try:
+        return raw.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that already decoded it
+        return str(raw)
+
+
 def _from_http_exception(exc: HTTPException) -> GoodrepoError:
     status = exc.code or 500
     if isinstance(exc, WzNotFound):
@@ -101,8 +110,9 @@ class CoreApp:
         runtime = self.repo.runtime  # one snapshot for the whole request
         ctx: RequestContext | None = None
         try:
-            adapter = runtime.url_map.bind_to_environ(environ)
-            endpoint, values = adapter.match()
+            endpoint, values = runtime.url_adapter.match(
+                path_text(environ), environ.get("REQUEST_METHOD") or "GET"
+            )
             route = runtime.routes[endpoint]
             environ[ROUTE] = route.path
             ctx = RequestContext(runtime, environ, dict(values))

@@ -20,7 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from middleware.keys import CLIENT_ADDR, PRINCIPAL, ROUTE
 
-from ..app import WSGIApp, error_response, request_id_of
+from ..app import WSGIApp, error_response, path_text, request_id_of
 from ..errors import (
     Forbidden,
     GoodrepoError,
@@ -133,11 +133,19 @@ class JsonApi:
             # and the public-path list of the middlewares exact too.
             strict_slashes=True,
         )
+        self._adapter = self.url_map.bind("localhost")
+        # Every rule starts with a literal ("/auth/", "/admin/users/"): a path that starts
+        # with none of them goes to the fallback without a match.
+        self._prefixes = tuple({e.rule.split("<", 1)[0] for e in endpoints})
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        adapter = self.url_map.bind_to_environ(environ)
+        path = environ.get("PATH_INFO") or ""
+        if not path.startswith(self._prefixes):
+            return self.fallback(environ, start_response)
         try:
-            key, values = adapter.match()
+            key, values = self._adapter.match(
+                path_text(environ), environ.get("REQUEST_METHOD") or "GET"
+            )
         except NotFound:
             return self.fallback(environ, start_response)
         except MethodNotAllowed as exc:

@@ -205,6 +205,8 @@ class Runtime:
             self.routes[route.id] = route
             rules.append(Rule(rule_path(route.path), endpoint=route.id, methods=[route.method]))
         self.url_map = Map(rules, strict_slashes=False, merge_slashes=False)
+        # Bound once: routes do not depend on the host, so a request only needs a match.
+        self.url_adapter = self.url_map.bind("localhost")
 
     @property
     def cache(self) -> ResponseCache | None:

@@ -370,7 +370,8 @@ def test_token_answers_are_not_cached(web: webtest.TestApp) -> None:
     assert res.headers["Cache-Control"] == "no-store"
 
 
-def test_a_trailing_slash_does_not_reach_login(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["/auth/login/", "//auth/login"])
+def test_a_slash_more_does_not_reach_login(tmp_path: Path, path: str) -> None:
     app = make(tmp_path, login_rate_limit="2/minute")
     try:
         web = webtest.TestApp(app)
@@ -379,7 +380,7 @@ def test_a_trailing_slash_does_not_reach_login(tmp_path: Path) -> None:
         web.post_json("/auth/login", {"username": "x", "password": "y"}, status=429)
         # Around the exact-path rate limit with a token and a slash: not the login route.
         res = web.post_json(
-            "/auth/login/",
+            path,
             {"username": "x", "password": "y"},
             headers=bearer(token),
             status=404,
