@@ -129,9 +129,9 @@ def _kv_cas_put(args: dict[str, Any], rt: Runtime) -> Runner:
     def run(ctx: RequestContext) -> None:
         txn = _txn(ctx, "kv.cas_put")
         rendered = value.render(ctx)
-        _value_limit(rt, rendered)
+        raw = _value_limit(rt, rendered)
         only_new = if_absent and not (unless and rt.features.get(unless))
-        existing = txn.cas_put_json(doc.key(ctx, overrides), rendered, if_absent=only_new)
+        existing = txn.cas_put(doc.key(ctx, overrides), raw, if_absent=only_new)
         if existing is not None and only_new:
             details = None
             if compare:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import re
 import secrets
 import shutil
@@ -121,7 +122,7 @@ def _template_regex(segments: tuple[tuple[Piece, ...], ...]) -> re.Pattern[str]:
     return re.compile("/".join(out))
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - not on Windows
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -131,11 +132,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _unlink_quiet(path: Path) -> None:
+def _unlink_quiet(path: str | Path) -> None:
     try:
-        path.unlink(missing_ok=True)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
     except OSError:
-        log.warning("could not remove temporary blob file %s", path.name, exc_info=True)
+        name = os.path.basename(path)
+        log.warning("could not remove temporary blob file %s", name, exc_info=True)
 
 
 class StagedBlob:
@@ -151,13 +155,18 @@ class StagedBlob:
             digest = staged.commit()
     """
 
-    def __init__(self, store: BlobStore, path: Path, hex_: str, size: int) -> None:
+    def __init__(self, store: BlobStore, path: str | Path, hex_: str, size: int) -> None:
         self.store = store
-        self.path = path
+        self._path = os.fspath(path)
         self.hex = hex_
         self.size = size
         self.digest = f"sha256:{hex_}"
         self._state = "staged"
+
+    @property
+    def path(self) -> Path:
+        """The temporary file."""
+        return Path(self._path)
 
     def verify(self, expected_sha256_hex: str | None) -> None:
         """Raise ``DigestMismatch`` (after discarding) unless the digest is as expected."""
@@ -178,25 +187,29 @@ class StagedBlob:
             return self.digest
         if self._state == "discarded":
             raise StoreError("a discarded blob cannot be committed")
-        final = self.store.path_for(self.hex)
+        store = self.store
+        final = store._path_of(self.hex)
+        directory = os.path.dirname(final)
         try:
             try:
-                existing: int | None = final.stat().st_size
+                existing: int | None = os.stat(final).st_size
             except FileNotFoundError:
                 existing = None
             if existing == self.size:
-                _unlink_quiet(self.path)
+                _unlink_quiet(self._path)
             else:
                 if existing is not None:
                     log.warning("replacing blob %s of wrong size %d", self.digest, existing)
+                elif directory not in store._durable_dirs:
+                    store._makedirs(directory)  # likely new: no rename that fails first
                 try:
-                    os.replace(self.path, final)
+                    os.replace(self._path, final)
                 except FileNotFoundError:  # the blob's directory is new
-                    self.store._makedirs(final.parent)
-                    os.replace(self.path, final)
+                    store._makedirs(directory)
+                    os.replace(self._path, final)
             # Also when the blob was there: another put may have renamed it in just now
             # and not yet made that durable.
-            self.store._sync_dirs(final.parent)
+            store._sync_dirs(directory)
         except OSError as err:
             self.discard()
             raise StoreError("failed to store the blob") from err
@@ -207,7 +220,7 @@ class StagedBlob:
         """Remove the temporary file; idempotent, and a no-op after ``commit``."""
         if self._state == "staged":
             self._state = "discarded"
-            _unlink_quiet(self.path)
+            _unlink_quiet(self._path)
 
     def __enter__(self) -> StagedBlob:
         return self
@@ -254,6 +267,8 @@ class BlobStore:
         self.max_blob_bytes = max_blob_bytes
         self.chunk_size = chunk_size
         self.tmp_dir = self.root / TEMP_DIR
+        self._root = os.fspath(self.root)
+        self._tmp = os.fspath(self.tmp_dir)
         # Blob directories whose entry in their parent is known to be durable (they are
         # never removed); bounded, and forgetting one only costs a cheap fsync.
         self._durable_dirs: set[str] = set()
@@ -271,28 +286,35 @@ class BlobStore:
 
     def path_for(self, digest: str) -> Path:
         """The file of ``digest`` (``sha256:<hex>`` or hex; ``ValidationError`` if bad)."""
-        hex_ = digest_hex(digest)
-        parts = (
+        return Path(self._path_of(digest_hex(digest)))
+
+    def _path_of(self, hex_: str) -> str:
+        """The file of a validated hex digest, as a string."""
+        parts = [
             "".join(p if isinstance(p, str) else hex_[p[0] : p[0] + p[1]] for p in seg)
             for seg in self._segments
-        )
-        return self.root.joinpath(*parts)
+        ]
+        return os.path.join(self._root, *parts)
 
-    def _makedirs(self, directory: Path) -> None:
+    def _makedirs(self, directory: str) -> None:
         """Create ``directory`` and its missing parents; :meth:`_sync_dirs` makes them
         durable."""
         try:
-            directory.mkdir()
+            os.mkdir(directory)
         except FileNotFoundError:
-            if directory.parent == directory:
+            parent = os.path.dirname(directory)
+            if parent == directory:
                 raise
-            self._makedirs(directory.parent)
-            directory.mkdir(exist_ok=True)
+            self._makedirs(parent)
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                pass
         except FileExistsError:
             return
-        self._durable_dirs.discard(str(directory))
+        self._durable_dirs.discard(directory)
 
-    def _sync_dirs(self, directory: Path) -> None:
+    def _sync_dirs(self, directory: str) -> None:
         """Make the names in ``directory``, and ``directory`` itself, durable.
 
         fsyncs ``directory``, then the parent of each directory on the way up to the root
@@ -302,22 +324,28 @@ class BlobStore:
         the first one commits them all and the others find nothing left to write.
         """
         _fsync_dir(directory)
-        while directory != self.root and directory != directory.parent:
-            key = str(directory)
-            if key in self._durable_dirs:
+        root = self._root
+        while directory != root:
+            if directory in self._durable_dirs:
                 return
-            _fsync_dir(directory.parent)
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return
+            _fsync_dir(parent)
             if len(self._durable_dirs) >= _DURABLE_DIRS_KEPT:
                 self._durable_dirs.clear()
-            self._durable_dirs.add(key)
-            directory = directory.parent
+            self._durable_dirs.add(directory)
+            directory = parent
 
     # -- writing --------------------------------------------------------------------------
 
-    def _create_temp(self) -> tuple[int, Path]:
+    def _create_temp(self) -> tuple[int, str]:
+        # Names from ``random`` (reseeded after fork), not ``secrets``: its ``os.urandom``
+        # call releases the GIL, which costs a threaded server far more than it is worth
+        # here. O_EXCL settles the unlikely clash; nobody else writes in this directory.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         for _ in range(8):
-            path = self.tmp_dir / f"{secrets.token_hex(16)}{_TEMP_SUFFIX}"
+            path = os.path.join(self._tmp, f"{random.getrandbits(128):032x}{_TEMP_SUFFIX}")
             try:
                 return os.open(path, flags, 0o644), path
             except FileExistsError:

@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -37,7 +38,10 @@ class EventLog:
 
     def emit(self, txn: Transaction, type_: str, payload: dict[str, Any]) -> None:
         """Append an event to ``txn``; it gets its ``seq`` when the transaction commits."""
-        event_id = str(uuid.uuid4())
+        # A random (version 4) UUID from ``random``, which reseeds after fork, not from
+        # ``uuid4``: its ``os.urandom`` call releases the GIL, which costs a threaded
+        # server more than it is worth. An event ID must be unique, not secret.
+        event_id = str(uuid.UUID(int=random.getrandbits(128), version=4))
         at = now_iso8601()
 
         def build(seq: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from ..versions import VersionScheme
-from .kv import KV, Transaction, loads
+from .kv import KV, Transaction, dumps, loads
 
 SEP = b"\x00"
 
@@ -131,8 +131,11 @@ class VersionIndex:
         """Insert or replace ``row``; returns True when it is new."""
         primary, others = self._row_keys(row)
         created = txn.get(primary, lock=True) is None
-        for key in [primary, *others]:
-            txn.put_json(key, row)
+        raw = dumps(row)
+        txn.put(primary, raw)
+        for key in others:
+            # The other copies are made of the primary key's parts: its lock covers them.
+            txn.put(key, raw, lock=False)
         if created:
             self._count(txn, [row[f] for f in self.group_by], +1)
         return created

@@ -42,9 +42,13 @@ LOCK_TIMEOUT = 30.0
 _SEQ_WIDTH = 8
 
 
+# One encoder for every document: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> bytes:
     """Encode a JSON document the one way the store writes them."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def loads(raw: bytes | None) -> Any:
@@ -365,8 +369,11 @@ class Transaction:
     def get_json(self, key: bytes, *, lock: bool = False) -> Any:
         return loads(self.get(key, lock=lock))
 
-    def put(self, key: bytes, value: bytes) -> None:
-        self.lock(key)
+    def put(self, key: bytes, value: bytes, *, lock: bool = True) -> None:
+        """Stage ``value`` under ``key``. ``lock=False`` only for a key that a lock this
+        transaction already holds stands for (an index row's other copies)."""
+        if lock:
+            self.lock(key)
         self._staged[key] = value
 
     def put_json(self, key: bytes, value: Any) -> None:
@@ -382,10 +389,14 @@ class Transaction:
         With ``if_absent=False`` the put is unconditional and the previous document (or
         None) is returned.
         """
+        return self.cas_put(key, dumps(value), if_absent=if_absent)
+
+    def cas_put(self, key: bytes, raw: bytes, *, if_absent: bool = True) -> Any:
+        """:meth:`cas_put_json` with the document already encoded."""
         existing = self.get_json(key, lock=True)
         if existing is not None and if_absent:
             return existing
-        self.put_json(key, value)
+        self.put(key, raw)
         return existing
 
     def append(self, log_prefix: bytes, build: Callable[[int], Any]) -> None:

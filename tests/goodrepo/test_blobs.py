@@ -171,7 +171,7 @@ def test_commit_makes_the_blob_and_every_directory_to_it_durable(
     store = BlobStore(tmp_path / "blobs", path_template="sha256/{digest:0:1}/{digest}")
     synced: list[Path] = []
     real_fsync_dir = blobs._fsync_dir
-    monkeypatch.setattr(blobs, "_fsync_dir", lambda d: synced.append(d) or real_fsync_dir(d))
+    monkeypatch.setattr(blobs, "_fsync_dir", lambda d: synced.append(Path(d)) or real_fsync_dir(d))
     path = store.path_for(HELLO_HEX)
     path.parent.mkdir(parents=True)  # made by another put that has not synced it yet
     store.put_stream(io.BytesIO(HELLO)).commit()
