@@ -316,4 +316,7 @@ def _logged_path(environ: WSGIEnvironment) -> str:
         path = raw
     if len(path) > _MAX_LOGGED_PATH:
         path = path[:_MAX_LOGGED_PATH] + "..."
+    # Every character _CONTROL matches is unprintable: a printable path needs no look.
+    if path.isprintable():
+        return path
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path)

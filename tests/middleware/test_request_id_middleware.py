@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import sys
 from typing import Any
 from wsgiref.util import FileWrapper
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from mwhelpers import RecordingApp, bearer, call, make_token
 from webtest import TestApp
 
+from middleware import request_id as request_id_module
 from middleware.jsonlog import configure_json_logging
 from middleware.keys import CLIENT_ADDR, PRINCIPAL, REQUEST_ID
 from middleware.request_id import (
@@ -325,3 +327,9 @@ def test_a_server_file_wrapper_is_logged_when_it_closes(records: list) -> None:
     (line,) = access_records(records)
     assert (line.status, line.bytes) == (200, 5000)
     assert handle.closed
+
+
+def test_every_character_the_logged_path_escapes_is_unprintable() -> None:
+    # _logged_path returns a printable path as it is, without looking for these.
+    printable = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isprintable())
+    assert request_id_module._CONTROL.search(printable) is None
