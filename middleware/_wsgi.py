@@ -13,13 +13,16 @@ if TYPE_CHECKING:
 _name = itemgetter(0)
 
 
-def lowered_names(headers: list[tuple[str, str]]) -> list[str]:
-    """The names of ``headers`` in lower case, in order.
+def header_names(headers: list[tuple[str, str]]) -> str:
+    """The names of ``headers`` in lower case, one per line, with a newline before the
+    first: ``"\\ncontent-type\\nvary\\n"``, so that ``"\\nvary\\n" in names`` asks whether
+    there is a ``Vary`` header.
 
-    Mapped in C, with no Python frame per header: several middlewares look at every
-    header of every response.
+    One string joined and lowered in C: about half the cost of a set of lowered names,
+    and several middlewares ask this of every response. (A name holding a newline is not
+    a valid header name; servers refuse such a response.)
     """
-    return list(map(str.lower, map(_name, headers)))
+    return "\n".join(["", *map(_name, headers), ""]).lower()
 
 
 def is_server_file_wrapper(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> bool:

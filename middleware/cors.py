@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from webob import Response
 
-from middleware._wsgi import lowered_names
+from middleware._wsgi import header_names
 from middleware.errors import error_response
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ DEFAULT_EXPOSE_HEADERS = (
 
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# The headers this middleware sets on a response, replacing the app's own; all begin
+# with "access-control-", which is what a response is searched for first.
 _CORS_HEADERS = frozenset(
     {
         "access-control-allow-origin",
@@ -189,13 +191,13 @@ class CORSMiddleware:
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Callable[[bytes], object]:
-            present = set(lowered_names(headers))
+            present = header_names(headers)
             if added:
-                if not _CORS_HEADERS.isdisjoint(present):
+                if "\naccess-control-" in present:
                     headers = [h for h in headers if h[0].lower() not in _CORS_HEADERS]
                 headers = headers + added
             if varies:
-                if "vary" in present:
+                if "\nvary\n" in present:
                     headers = _add_vary(headers, "Origin")
                 else:
                     headers = [*headers, ("Vary", "Origin")]

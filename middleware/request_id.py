@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from middleware._wsgi import ResponseBody, after_close, is_server_file_wrapper, lowered_names
+from middleware._wsgi import ResponseBody, after_close, header_names, is_server_file_wrapper
 from middleware.errors import error_response
 from middleware.keys import CLIENT_ADDR, ERROR_CODE, PRINCIPAL, REQUEST_ID, ROUTE
 
@@ -137,7 +137,7 @@ class _Exchange(ResponseBody):
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], object]:
         middleware = self._middleware
-        if middleware._header_lower in lowered_names(headers):
+        if middleware._header_line in header_names(headers):
             name = middleware._header_lower
             headers = [item for item in headers if item[0].lower() != name]
         headers = [*headers, (middleware._header, self.request_id)]
@@ -188,6 +188,7 @@ class RequestIDMiddleware:
         self.app = app
         self._header = header
         self._header_lower = header.lower()
+        self._header_line = f"\n{self._header_lower}\n"
         self._environ_key = "HTTP_" + header.upper().replace("-", "_")
         self._trust_incoming = bool(trust_incoming)
         self._generate = generate or _random_hex

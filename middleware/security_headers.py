@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from middleware._wsgi import lowered_names
+from middleware._wsgi import header_names
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -115,8 +115,11 @@ class SecurityHeadersMiddleware:
         self._csp = _checked(
             "content_security_policy", "Content-Security-Policy", content_security_policy
         )
-        self._defaults = tuple((name.lower(), (name, value)) for name, value in self._headers)
-        if len({name for name, _ in self._defaults}) != len(self._defaults):
+        # Each header with the line that shows it in header_names().
+        self._defaults = tuple(
+            (f"\n{name.lower()}\n", (name, value)) for name, value in self._headers
+        )
+        if len({line for line, _ in self._defaults}) != len(self._defaults):
             raise ValueError("extra_headers: repeats a header this middleware already sets")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -126,19 +129,25 @@ class SecurityHeadersMiddleware:
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Callable[[bytes], object]:
-            names = lowered_names(headers)
-            present = set(names)
-            added = [header for name, header in defaults if name not in present]
+            present = header_names(headers)
+            added = [header for line, header in defaults if line not in present]
             if (
                 csp is not None
-                and "content-type" in present
-                and "content-security-policy" not in present
-                and _is_html(headers[names.index("content-type")][1])
+                and "\ncontent-type\n" in present
+                and "\ncontent-security-policy\n" not in present
+                and _is_html(_content_type(headers))
             ):
                 added.append(csp)
             return start_response(status, headers + added if added else headers, exc_info)
 
         return self.app(environ, _start_response)
+
+
+def _content_type(headers: list[tuple[str, str]]) -> str:
+    for name, value in headers:
+        if name.lower() == "content-type":
+            return value
+    return ""
 
 
 def _is_html(content_type: str) -> bool:

@@ -121,6 +121,16 @@ def test_the_apps_own_cors_headers_are_replaced() -> None:
     assert response.headers.getall("Access-Control-Allow-Origin") == [UI]
 
 
+def test_only_the_cors_headers_it_sets_are_replaced() -> None:
+    own = [("access-control-allow-origin", "*"), ("Access-Control-Max-Age", "5"), ("X-Vary", "1")]
+    recording = RecordingApp(headers=[("Content-Type", "text/plain"), *own])
+    response = cors(recording, allow_origins=[UI]).get("/x", headers={"Origin": UI})
+    assert response.headers.getall("Access-Control-Allow-Origin") == [UI]
+    assert response.headers["Access-Control-Max-Age"] == "5"
+    assert response.headers["X-Vary"] == "1"
+    assert response.headers.getall("Vary") == ["Origin"]
+
+
 def test_allowed_preflight_is_answered_here(recording_app: RecordingApp) -> None:
     app = cors(recording_app, allow_origins=[UI], max_age=120)
     response = preflight(app, headers="Authorization, content-type", status=204)

@@ -104,6 +104,14 @@ def test_webtest_round_trip_and_the_apps_own_header_replaced() -> None:
     assert response.headers.getall("X-Request-ID") == ["mine"]
 
 
+def test_a_header_named_like_it_is_not_replaced() -> None:
+    own = [("x-request-id", "from-app"), ("X-Request-ID-Upstream", "u1")]
+    app = RecordingApp(headers=[("Content-Type", "text/plain"), *own])
+    response = TestApp(RequestIDMiddleware(app)).get("/x", headers={"X-Request-ID": "mine"})
+    assert response.headers.getall("X-Request-ID") == ["mine"]
+    assert response.headers["X-Request-ID-Upstream"] == "u1"
+
+
 def test_options(recording_app: RecordingApp) -> None:
     middleware = RequestIDMiddleware(
         recording_app, header="X-Correlation-ID", trust_incoming=False, generate=lambda: "fixed"

@@ -59,6 +59,23 @@ def test_headers_the_app_set_are_kept(name: str, value: str) -> None:
     assert response.headers.getall(name) == [value]
 
 
+def test_names_are_matched_whole_and_in_any_case() -> None:
+    # A header whose name only begins or ends like one of ours does not stand in for it.
+    app = RecordingApp(
+        headers=[
+            ("content-type", "text/html"),
+            ("X-Frame-Options-Report", "x"),
+            ("Old-Referrer-Policy", "x"),
+            ("Content-Security-Policy-Report-Only", "default-src 'self'"),
+        ]
+    )
+    response = TestApp(SecurityHeadersMiddleware(app)).get("/")
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Content-Security-Policy"] == DEFAULT_CSP
+    assert response.headers["Content-Security-Policy-Report-Only"] == "default-src 'self'"
+
+
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
