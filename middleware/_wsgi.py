@@ -26,9 +26,11 @@ def header_names(headers: list[tuple[str, str]]) -> str:
 
 
 def is_server_file_wrapper(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> bool:
-    """Whether the body is an instance of the server's ``wsgi.file_wrapper`` class."""
-    wrapper = environ.get("wsgi.file_wrapper")
-    return isinstance(wrapper, type) and type(app_iter) is wrapper
+    """Whether the body is an instance of the server's ``wsgi.file_wrapper`` class.
+
+    (A server whose ``wsgi.file_wrapper`` is a function, not a class, never matches.)
+    """
+    return type(app_iter) is environ.get("wsgi.file_wrapper")
 
 
 def after_close(app_iter: Any, callback: Callable[..., None], *args: Any) -> bool:
