@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
-
+from typing import Any
 
 _name = itemgetter(0)
 
@@ -23,14 +19,6 @@ def header_names(headers: list[tuple[str, str]]) -> str:
     a valid header name; servers refuse such a response.)
     """
     return "\n".join(["", *map(_name, headers), ""]).lower()
-
-
-def is_server_file_wrapper(environ: WSGIEnvironment, app_iter: Iterable[bytes]) -> bool:
-    """Whether the body is an instance of the server's ``wsgi.file_wrapper`` class.
-
-    (A server whose ``wsgi.file_wrapper`` is a function, not a class, never matches.)
-    """
-    return type(app_iter) is environ.get("wsgi.file_wrapper")
 
 
 def after_close(app_iter: Any, callback: Callable[..., None], *args: Any) -> bool:

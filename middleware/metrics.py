@@ -78,7 +78,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 from webob import Response
 
-from middleware._wsgi import ResponseBody, after_close, is_server_file_wrapper
+from middleware._wsgi import ResponseBody, after_close
 from middleware.errors import error_response
 from middleware.keys import ERROR_CODE, METRICS, ROUTE
 
@@ -122,18 +122,27 @@ class MetricsRecorder:
 
 
 class _Timed(ResponseBody):
-    """One request being measured: its status, and its body until that is closed."""
+    """One request being measured: its status, and its body until that is closed, when
+    the request is recorded."""
 
-    __slots__ = ("_observe", "_start_response", "environ", "method", "started", "status", "failed")
+    __slots__ = (
+        "_middleware",
+        "_start_response",
+        "environ",
+        "method",
+        "started",
+        "status",
+        "failed",
+    )
 
     def __init__(
         self,
-        observe: Callable[[_Timed], None],
+        middleware: MetricsMiddleware,
         environ: WSGIEnvironment,
         start_response: StartResponse,
         method: str,
     ) -> None:
-        self._observe = observe
+        self._middleware = middleware
         self._start_response = start_response
         self.environ = environ
         self.method = method
@@ -148,7 +157,21 @@ class _Timed(ResponseBody):
         return self._start_response(status, headers, exc_info)
 
     def finish(self) -> None:
-        self._observe(self)
+        """Record the finished request."""
+        middleware = self._middleware
+        middleware._active.pop()
+        environ = self.environ
+        route = environ.get(ROUTE)
+        if not isinstance(route, str) or not route:
+            route = _UNMATCHED
+        status = self.status[:3] if self.status and not self.failed else "500"
+        seconds = time.perf_counter() - self.started
+        middleware._requests.observe((self.method, route, status), seconds)
+        code = environ.get(ERROR_CODE)
+        if isinstance(code, str) and code:
+            middleware._errors.labels(route, code).inc()
+        elif self.failed:
+            middleware._errors.labels(route, "INTERNAL_ERROR").inc()
 
 
 class _RequestMetrics:
@@ -280,33 +303,20 @@ class MetricsMiddleware:
         method = environ.get("REQUEST_METHOD", "")
         if method not in _KNOWN_METHODS:
             method = "OTHER"
-        timed = _Timed(self._observe, environ, start_response, method)
+        timed = _Timed(self, environ, start_response, method)
         self._active.append(None)
         try:
             app_iter = self.app(environ, timed.start_response)
         except BaseException:
             timed.failed = True
-            self._observe(timed)
+            timed.finish()
             raise
-        if is_server_file_wrapper(environ, app_iter) and after_close(app_iter, timed.finish):
+        if type(app_iter) is environ.get("wsgi.file_wrapper") and after_close(
+            app_iter, timed.finish
+        ):
             return app_iter  # the server sends its own file wrapper best unwrapped
         timed.wrap(app_iter)
         return timed
-
-    def _observe(self, timed: _Timed) -> None:
-        """Record a finished request."""
-        self._active.pop()
-        environ = timed.environ
-        route = environ.get(ROUTE)
-        if not isinstance(route, str) or not route:
-            route = _UNMATCHED
-        status = timed.status[:3] if timed.status and not timed.failed else "500"
-        self._requests.observe((timed.method, route, status), time.perf_counter() - timed.started)
-        code = environ.get(ERROR_CODE)
-        if isinstance(code, str) and code:
-            self._errors.labels(route, code).inc()
-        elif timed.failed:
-            self._errors.labels(route, "INTERNAL_ERROR").inc()
 
     def _serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._token is not None:

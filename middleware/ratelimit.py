@@ -359,7 +359,10 @@ class RateLimitMiddleware:
             self._charge = self._charge_fixed_window
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        addr = self.client_address(environ)
+        if self._trusted:
+            addr = self.client_address(environ)
+        else:
+            addr = environ.get("REMOTE_ADDR") or ""
         environ[CLIENT_ADDR] = addr
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"

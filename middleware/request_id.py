@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from middleware._wsgi import ResponseBody, after_close, header_names, is_server_file_wrapper
+from middleware._wsgi import ResponseBody, after_close, header_names
 from middleware.errors import error_response
 from middleware.keys import CLIENT_ADDR, ERROR_CODE, PRINCIPAL, REQUEST_ID, ROUTE
 
@@ -146,7 +146,17 @@ class _Exchange(ResponseBody):
         return self._start_response(status, headers, exc_info)
 
     def finish(self) -> None:
-        self._middleware._finish(self)
+        """Write the access-log line if this request is logged; clear the request ID."""
+        try:
+            if self.logger is not None:
+                _write_access_log(self.logger, self)
+        finally:
+            try:
+                _current_request_id.reset(self.context_token)
+            except ValueError:
+                # close() ran in another context than the call (some servers do this);
+                # the token cannot be used there, so just clear the variable.
+                _current_request_id.set(None)
 
 
 class _LoggedExchange(_Exchange):
@@ -219,7 +229,7 @@ class RequestIDMiddleware:
         except Exception:
             if not self._catch_errors:
                 exchange.failed = True
-                self._finish(exchange)
+                exchange.finish()
                 raise
             log.exception("unhandled error in the application")
             exc_info = sys.exc_info()
@@ -229,7 +239,7 @@ class RequestIDMiddleware:
             )
             del exc_info
 
-        if is_server_file_wrapper(environ, app_iter):
+        if type(app_iter) is environ.get("wsgi.file_wrapper"):
             # Hand the server its own file wrapper back so it can send the file itself;
             # the log line waits for its close() and counts the declared length.
             exchange.bytes = _declared_length(exchange.headers)
@@ -245,18 +255,6 @@ class RequestIDMiddleware:
         if value and _VALID_ID.fullmatch(value):
             return str(value)
         return None
-
-    def _finish(self, exchange: _Exchange) -> None:
-        try:
-            if exchange.logger is not None:
-                _write_access_log(exchange.logger, exchange)
-        finally:
-            try:
-                _current_request_id.reset(exchange.context_token)
-            except ValueError:
-                # close() ran in another context than the call (some servers do this);
-                # the token cannot be used there, so just clear the variable.
-                _current_request_id.set(None)
 
 
 def _write_access_log(logger: logging.Logger, exchange: _Exchange) -> None:

@@ -135,7 +135,7 @@ class SecurityHeadersMiddleware:
                 csp is not None
                 and "\ncontent-type\n" in present
                 and "\ncontent-security-policy\n" not in present
-                and _is_html(_content_type(headers))
+                and _is_html(headers)
             ):
                 added.append(csp)
             return start_response(status, headers + added if added else headers, exc_info)
@@ -143,12 +143,9 @@ class SecurityHeadersMiddleware:
         return self.app(environ, _start_response)
 
 
-def _content_type(headers: list[tuple[str, str]]) -> str:
+def _is_html(headers: list[tuple[str, str]]) -> bool:
+    """Whether the first ``Content-Type`` of ``headers`` is HTML."""
     for name, value in headers:
         if name.lower() == "content-type":
-            return value
-    return ""
-
-
-def _is_html(content_type: str) -> bool:
-    return content_type.split(";", 1)[0].strip().lower() in ("text/html", "application/xhtml+xml")
+            return value.split(";", 1)[0].strip().lower() in ("text/html", "application/xhtml+xml")
+    return False
