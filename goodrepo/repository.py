@@ -190,6 +190,7 @@ class Repository:
             environ["CONTENT_TYPE"] = "application/octet-stream"
             if length is None:
                 environ.pop("CONTENT_LENGTH", None)
+                environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # a body of unknown length
                 environ["wsgi.input_terminated"] = True
             else:
                 environ["CONTENT_LENGTH"] = str(length)

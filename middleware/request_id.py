@@ -300,7 +300,7 @@ def _random_hex() -> str:
 
 def _declared_length(headers: list[tuple[str, str]]) -> int:
     for name, value in headers:
-        if name.lower() == "content-length" and value.isdigit():
+        if name.lower() == "content-length" and value.isascii() and value.isdigit():
             return int(value)
     return 0
 

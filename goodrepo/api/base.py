@@ -29,7 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..errors import MethodNotAllowed as MethodNotAllowedError
-from ..pipeline.ops_request import parse_json_body, read_body
+from ..pipeline.ops_request import parse_json_body, read_body, whole_number
 from ..pipeline.ops_respond import next_link
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,12 @@ class ApiRequest:
         raw = self.request.args.get(name)
         if raw is None or raw == "":
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        value = whole_number(raw)
+        if value is None or not low <= value <= high:
             raise ValidationError(
                 f"{name} must be a whole number from {low} to {high}", details={"field": name}
             )
-        return int(raw)
+        return value
 
 
 Handler = Callable[[ApiRequest], Any]

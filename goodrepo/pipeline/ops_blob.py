@@ -22,6 +22,21 @@ def _hex(digest: Any) -> str:
     return digest[len("sha256:") :]
 
 
+def _chunked(environ: dict[str, Any]) -> bool:
+    """Whether a body without ``Content-Length`` has a length all the same: the client
+    sent it chunked and the server ends ``wsgi.input`` where the body ends.
+
+    A request with neither header has no body (RFC 9112), which a PUT of a blob may not
+    take for an empty one: waitress says ``wsgi.input_terminated`` for every request, so
+    the ``Transfer-Encoding`` header decides (waitress itself passes chunked bodies with
+    the ``Content-Length`` it counted).
+    """
+    return (
+        bool(environ.get("wsgi.input_terminated"))
+        and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    )
+
+
 @op("blob.put", store=_STORE, out=Arg("var", required=True), reads_body=True)
 def _blob_put(args: dict[str, Any], rt: Runtime) -> Runner:
     store = rt.blob_stores[args["store"]]
@@ -32,7 +47,7 @@ def _blob_put(args: dict[str, Any], rt: Runtime) -> Runner:
         length = ctx.request.content_length
         if length is not None and length > body_limit:
             raise PayloadTooLarge(f"request bodies are limited to {body_limit} bytes")
-        if length is None and not ctx.environ.get("wsgi.input_terminated"):
+        if length is None and not _chunked(ctx.environ):
             raise LengthRequired()
         stream = get_input_stream(ctx.environ, max_content_length=body_limit)
         staged = store.put_stream(stream, content_length=length)

@@ -16,6 +16,18 @@ from .templates import compile_string, compile_value
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
+_MAX_DIGITS = 19  # 2**63 - 1, the largest bound any parameter has, has 19 digits
+
+
+def whole_number(raw: str) -> int | None:
+    """``raw`` as a non-negative int if it is 1 to 19 ASCII digits, else None.
+
+    ``str.isdigit`` alone also accepts other scripts' digits and superscripts (which
+    ``int`` then refuses or reads), and ``int`` refuses over 4300 digits.
+    """
+    if raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS:
+        return int(raw)
+    return None
 
 
 @op("auth.require_scopes", scopes=Arg("strings", required=True))
@@ -58,9 +70,9 @@ def _query_param(name: str, spec: dict[str, Any], rt: Runtime) -> Any:
         lo, hi = spec.get("min"), spec.get("max")
 
         def conv(raw: str) -> Any:
-            if not raw.isdigit() or len(raw) > 12:
+            value = whole_number(raw)
+            if value is None:
                 raise bad("must be a whole number")
-            value = int(raw)
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise bad(f"must be between {lo} and {hi}")
             return value
@@ -135,11 +147,16 @@ def read_body(request: Request, limit: int, what: str = "JSON bodies") -> bytes:
     return b"".join(parts)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse_json_body(raw: bytes) -> Any:
-    """Decode a JSON body; INVALID_REQUEST when it is not JSON."""
+    """Decode a JSON body; INVALID_REQUEST when it is not JSON (RFC 8259: no ``NaN`` or
+    ``Infinity``) or nests too deeply to decode."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+        return json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise InvalidRequest("the request body is not valid JSON") from err
 
 

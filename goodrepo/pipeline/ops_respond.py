@@ -7,11 +7,11 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from werkzeug.http import parse_etags
+from werkzeug.http import parse_etags, quote_etag
 from werkzeug.wrappers import Request, Response
 
 from ..errors import PreconditionFailed, error_for
-from ..storage.blob_http import blob_response
+from ..storage.blob_http import blob_response, not_modified
 from ..storage.kv import dumps
 from .context import RequestContext
 from .registry import Arg, Runner, op
@@ -62,6 +62,10 @@ def _json(args: dict[str, Any], rt: Runtime) -> Runner:
     paginate = compile_value(args["paginate"]) if "paginate" in args else None
 
     def run(ctx: RequestContext) -> Response:
+        tag = None if etag_of is None else etag_for(etag_of.render(ctx))
+        if tag is not None and ctx.request.method in ("GET", "HEAD"):
+            if not_modified(ctx.environ, tag):
+                return Response(status=304, headers={"ETag": quote_etag(tag)})
         if status == 204:
             response = Response(status=204)
             del response.headers["Content-Type"]
@@ -75,12 +79,8 @@ def _json(args: dict[str, Any], rt: Runtime) -> Runner:
             page = paginate.render(ctx) or {}
             if page.get("next_cursor"):
                 response.headers["Link"] = next_link(ctx.request, page["next_cursor"])
-        if etag_of is not None:
-            tag = etag_for(etag_of.render(ctx))
-            if tag is not None:
-                response.set_etag(tag)
-                if ctx.request.method in ("GET", "HEAD"):
-                    response.make_conditional(ctx.request)
+        if tag is not None:
+            response.set_etag(tag)
         return response
 
     return run

@@ -199,14 +199,30 @@ def _single_range(environ: dict[str, Any], etag: str, size: int) -> tuple[int, i
     return start, size if stop is None else min(stop, size)
 
 
+def not_modified(environ: dict[str, Any], etag: str) -> bool:
+    """The preconditions of a GET or HEAD of a representation whose strong entity tag
+    is ``etag`` (unquoted), in RFC 9110 order.
+
+    Raises ``PreconditionFailed`` (with the ``ETag``) when ``If-Match`` lists neither the
+    tag nor ``*``; returns True when ``If-None-Match`` matches it (weak comparison, ``*``
+    included), so the answer is 304 without a body.
+    """
+    if_match = environ.get("HTTP_IF_MATCH")
+    if if_match is not None and not parse_etags(if_match).contains(etag):
+        raise PreconditionFailed(headers={"ETag": quote_etag(etag)})
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    return if_none_match is not None and parse_etags(if_none_match).contains_weak(etag)
+
+
 def blob_response(
     environ: dict[str, Any], store: BlobStore, digest: str, *, filename: str | None = None
 ) -> Response:
     """A streaming GET/HEAD response for a blob, with ranges and conditional requests.
 
     Evaluated in RFC 9110 order: ``If-Match`` (412), ``If-None-Match`` (304, weak
-    comparison, ``*`` and lists), then a single ``Range`` for GET (206; 416 when it starts
-    past the end; several ranges or an ``If-Range`` that is not our strong ETag: 200).
+    comparison, ``*`` and lists; see :func:`not_modified`), then a single ``Range`` for
+    GET (206; 416 when it starts past the end; several ranges or an ``If-Range`` that is
+    not our strong ETag: 200).
     The body is the open file through ``wsgi.file_wrapper``; the file is closed by the
     response iterable's ``close()``. A 206 carries no ``Content-Digest`` (that would
     describe the partial content); ``Repr-Digest`` and the others still apply.
@@ -217,11 +233,7 @@ def blob_response(
     if size is None:
         raise NotFound("blob not found")
     etag = f"sha256:{hex_}"
-    if_match = environ.get("HTTP_IF_MATCH")
-    if if_match is not None and not parse_etags(if_match).contains(etag):
-        raise PreconditionFailed(headers={"ETag": quote_etag(etag)})
-    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
-    if if_none_match is not None and parse_etags(if_none_match).contains_weak(etag):
+    if not_modified(environ, etag):
         return Response(
             status=304, headers={"ETag": quote_etag(etag), "X-Content-Type-Options": "nosniff"}
         )

@@ -274,6 +274,31 @@ def test_publish_fetch_latest_and_tag(srv: ServerProcess) -> None:
 # -- 401 and 403 ------------------------------------------------------------------------
 
 
+def test_a_blob_needs_a_length_or_chunks(srv: ServerProcess) -> None:
+    token = srv.admin_token
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+        conn.request("PUT", "/v1/acme/chunks/1.0.0/any/blob", iter([b"one ", b"two"]), auth)
+        r = conn.getresponse()
+        assert (r.status, json.loads(r.read())["digest"]) == (201, sha256(b"one two"))
+    finally:
+        conn.close()
+    # Neither Content-Length nor Transfer-Encoding: no body, which is not an empty blob.
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(
+            b"PUT /v1/acme/chunks/2.0.0/any/blob HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 411 "), head
+    assert json.loads(body)["error"]["code"] == "LENGTH_REQUIRED"
+    assert srv.request("GET", "/v1/acme/chunks/2.0.0/any", token=token).status_code == 404
+
+
 def test_requests_without_a_token_get_401(srv: ServerProcess) -> None:
     srv.publish("acme/locked/1.0.0/any", b"locked")
     for method, path in [

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from typing import Any
 
 import pytest
 import webtest
+from werkzeug.test import EnvironBuilder
 
 from goodrepo.repository import Repository
 
@@ -110,16 +112,29 @@ def test_blob_too_large(tmp_path: Any) -> None:
         client.get(f"/v1/{COORDS}", status=404)
 
 
-def test_upload_without_length_is_refused(client: webtest.TestApp) -> None:
-    res = client.request(
-        f"/v1/{COORDS}/blob",
-        method="PUT",
-        body=b"",
-        headers={"Content-Length": ""},
-        expect_errors=True,
-    )
-    # webtest always sends a length; an empty body publishes an empty blob
-    assert res.status_int in (201, 411)
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 411, id="neither-length-nor-chunked"),
+        pytest.param({"HTTP_TRANSFER_ENCODING": "chunked"}, 201, id="chunked"),
+        pytest.param({"CONTENT_LENGTH": "5"}, 201, id="content-length"),
+    ],
+)
+def test_upload_needs_a_length(
+    client: webtest.TestApp, repo: Repository, headers: dict[str, str], status: int
+) -> None:
+    # As waitress passes it: wsgi.input ends where the body ends, for every request.
+    environ = EnvironBuilder(f"/v1/{COORDS}/blob", method="PUT").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update(client.extra_environ, **headers)
+    environ.update({"wsgi.input": io.BytesIO(b"bytes"), "wsgi.input_terminated": True})
+    res = webtest.TestRequest(environ).get_response(client.app)
+    assert res.status_int == status
+    if status == 411:
+        assert res.json["error"]["code"] == "LENGTH_REQUIRED"
+        client.get(f"/v1/{COORDS}", status=404)
+    else:
+        assert client.get(f"/v1/{COORDS}/blob").body == b"bytes"
 
 
 def test_fetch_missing_is_404(client: webtest.TestApp) -> None:
@@ -143,6 +158,20 @@ def test_range_and_conditional_requests(client: webtest.TestApp) -> None:
     assert ok.body == body[:2]
     whole = client.get(url, headers={"Range": "bytes=0-1", "If-Range": '"other"'}, status=200)
     assert whole.body == body
+
+
+@pytest.mark.parametrize("path", [f"/v1/{COORDS}", f"/v1/{COORDS}/blob"], ids=["meta", "blob"])
+def test_if_match_on_reads(client: webtest.TestApp, path: str) -> None:
+    publish(client, COORDS, b"some bytes")
+    etag = client.get(path).headers["ETag"]
+    for method in (client.get, client.head):
+        assert method(path, headers={"If-Match": "*"}, status=200).headers["ETag"] == etag
+        assert method(path, headers={"If-Match": f'"x", {etag}'}, status=200)
+        res = method(path, headers={"If-None-Match": f"W/{etag}"}, status=304)
+        assert (res.body, res.headers["ETag"]) == (b"", etag)
+    res = client.get(path, headers={"If-Match": '"stale"'}, status=412)
+    assert res.json["error"]["code"] == "PRECONDITION_FAILED"
+    assert res.headers["ETag"] == etag
 
 
 def test_delete_needs_admin(repo: Repository, client: webtest.TestApp, admin: Any) -> None:

@@ -48,6 +48,13 @@ def test_target_must_exist(client: webtest.TestApp) -> None:
 def test_bad_bodies(client: webtest.TestApp) -> None:
     _setup(client)
     assert client.put(TAG, b"{", status=400).json["error"]["code"] == "INVALID_REQUEST"
+    # Valid JSON nested deeper than the decoder recurses, and JSON's missing constants.
+    deep = b'{"target_version": "1.0.0", "target_variant": "linux", "x": '
+    deep += b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert client.put(TAG, deep, status=400).json["error"]["code"] == "INVALID_REQUEST"
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"target_version": "1.0.0", "target_variant": "linux", "x": ' + constant + b"}"
+        assert client.put(TAG, body, status=400).json["error"]["code"] == "INVALID_REQUEST"
     res = client.put_json(TAG, {"target_version": "1.0.0"}, status=400)
     assert res.json["error"]["code"] == "VALIDATION_ERROR"
     res = client.put_json(TAG, {"target_version": "1.0.0", "target_variant": "../x"}, status=400)

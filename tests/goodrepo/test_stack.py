@@ -262,6 +262,9 @@ def test_rocksdb_and_events(web: webtest.TestApp) -> None:
     events = web.get("/v1/events?after=0&limit=10", headers=admin).json
     assert events["events"][0]["type"] == "artifact.published"
     assert events["next_after"] == events["events"][-1]["seq"]
+    for query in ["after=%C2%B2", "limit=%D9%A1", "after=" + "1" * 5000, "after=-1", "limit=0"]:
+        res = web.get(f"/v1/events?{query}", headers=admin, status=400)
+        assert res.json["error"]["code"] == "VALIDATION_ERROR"
 
 
 def test_admin_endpoints_need_admin(web: webtest.TestApp) -> None:
