@@ -110,11 +110,14 @@ class Repository:
         """Validate, store and hot-swap a schema; raises InvalidConfig, changing nothing."""
         validated = schema_mod.validate(copy.deepcopy(new_schema))
         with self._swap_lock:
+            # Build everything the new schema needs before storing it: a swap that
+            # fails must leave the stored schema as it was.
             runtime = Runtime(validated, self.services)
+            cache = self.services.cache.prepare(validated.get("caching", {}))
             with self.kv.transaction() as txn:
                 txn.put_json(SCHEMA_KEY, validated)
                 self.events.emit(txn, "schema.replaced", {"by": by})
-            self.services.cache.configure(validated.get("caching", {}))
+            self.services.cache.install(cache)
             self._runtime = runtime
         log.info("schema replaced by %s", by)
 

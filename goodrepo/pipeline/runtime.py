@@ -36,6 +36,15 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]*")
 
 
+# What a ``caching`` section that leaves a bound out gets.
+CACHE_DEFAULTS: dict[str, Any] = {
+    "max_entries": 4096,
+    "max_bytes": 32 << 20,
+    "default_ttl_seconds": 30,
+    "max_entry_bytes": 256 << 10,
+}
+
+
 class CacheSlot:
     """The response cache of a repository, shared by the runtimes of successive schemas.
 
@@ -49,18 +58,32 @@ class CacheSlot:
 
     def configure(self, caching: dict[str, Any]) -> None:
         """Apply a schema's ``caching`` section; the cached entries are dropped."""
+        self.install(self.prepare(caching))
+
+    def prepare(self, caching: dict[str, Any]) -> tuple[dict[str, Any], ResponseCache | None]:
+        """What :meth:`install` puts in place for ``caching``, built without changing
+        anything (``ValueError`` for inconsistent bounds), so that a schema swap can fail
+        before it stores anything."""
         if caching == self._config and self.current is not None:
-            self.current.clear()
-            return
-        self._config = dict(caching)
-        self.current = None
+            return self._config, self.current
+        cache = None
         if caching.get("enabled", False):
-            self.current = ResponseCache(
-                max_entries=caching.get("max_entries", 4096),
-                max_bytes=caching.get("max_bytes", 32 << 20),
-                default_ttl=float(caching.get("default_ttl_seconds", 30)),
-                max_entry_bytes=caching.get("max_entry_bytes", 256 << 10),
+            cache = ResponseCache(
+                max_entries=caching.get("max_entries", CACHE_DEFAULTS["max_entries"]),
+                max_bytes=caching.get("max_bytes", CACHE_DEFAULTS["max_bytes"]),
+                default_ttl=float(
+                    caching.get("default_ttl_seconds", CACHE_DEFAULTS["default_ttl_seconds"])
+                ),
+                max_entry_bytes=caching.get("max_entry_bytes", CACHE_DEFAULTS["max_entry_bytes"]),
             )
+        return dict(caching), cache
+
+    def install(self, prepared: tuple[dict[str, Any], ResponseCache | None]) -> None:
+        """Put in place what :meth:`prepare` built; a kept cache is cleared."""
+        config, cache = prepared
+        if cache is not None and cache is self.current:
+            cache.clear()
+        self._config, self.current = config, cache
 
 
 @dataclass(frozen=True)

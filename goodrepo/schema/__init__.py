@@ -43,13 +43,20 @@ def _pairs_hook(duplicates: _Duplicates) -> Any:
     return hook
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse_text(text: str | bytes) -> dict[str, Any]:
     """Parse schema JSON; malformed JSON and duplicate keys are problems too."""
     duplicates = _Duplicates()
     try:
-        value = json.loads(text, object_pairs_hook=_pairs_hook(duplicates))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidConfig([{"path": "$", "message": f"not valid JSON: {err}"}]) from err
+        value = json.loads(
+            text, object_pairs_hook=_pairs_hook(duplicates), parse_constant=_not_json
+        )
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise InvalidConfig([{"path": "$", "message": f"not valid JSON: {why}"}]) from err
     if duplicates:
         raise InvalidConfig(
             [{"path": "$", "message": f"duplicate key {k!r}"} for k in sorted(set(duplicates))]
@@ -72,9 +79,11 @@ def problems_of(schema: Any) -> list[dict[str, str]]:
         {"path": _json_path(e.absolute_path), "message": e.message}
         for e in sorted(_META.iter_errors(schema), key=lambda e: list(map(str, e.absolute_path)))
     ]
-    if shape:
+    if not shape:
+        return list(check_all(schema))
+    if not isinstance(schema, dict):
         return shape
-    return list(check_all(schema))
+    return shape + [p for p in check_all(schema, shape_ok=False) if p not in shape]
 
 
 def validate(schema: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ at the first, so an integrator sees everything that is wrong with a schema at on
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from pathlib import PurePosixPath
@@ -16,7 +17,7 @@ from jsonschema.exceptions import SchemaError as JsonSchemaError
 from werkzeug.routing import Map, Rule
 
 from ..pipeline.registry import OPS, PENDING, REFS, OpSpec
-from ..pipeline.runtime import rule_path
+from ..pipeline.runtime import CACHE_DEFAULTS, rule_path
 from ..pipeline.templates import Template, TemplateError, compile_condition, compile_value
 from ..storage.blobs import BlobStore
 
@@ -32,18 +33,21 @@ class Problems(list[dict[str, str]]):
         self.append({"path": path, "message": message})
 
 
-def check_all(schema: dict[str, Any]) -> Problems:
-    """Every semantic problem of ``schema`` (structurally valid already)."""
+def check_all(schema: dict[str, Any], *, shape_ok: bool = True) -> Problems:
+    """Every semantic problem of ``schema``.
+
+    The checks read the schema as the meta-schema shapes it. With ``shape_ok=False``
+    (the shape has problems of its own) each check still runs, and one that trips over
+    a part with the wrong shape stops there: that part's shape problem is already
+    listed, and the problems of the well-formed parts are found all the same.
+    """
     problems = Problems()
-    _check_entities(schema, problems)
-    _check_storage(schema, problems)
-    _check_indexes(schema, problems)
-    _check_auth(schema, problems)
-    _check_validation(schema, problems)
-    _check_ops_allowed(schema, problems)
-    _check_features(schema, problems)
-    _check_routes(schema, problems)
-    _check_invariants(schema, problems)
+    for check in _CHECKS:
+        try:
+            check(schema, problems)
+        except Exception:
+            if shape_ok:
+                raise
     return problems
 
 
@@ -62,6 +66,14 @@ def _check_entities(schema: dict[str, Any], problems: Problems) -> None:
             problems.add(
                 f"$.entities.{name}.versioning.field", f"unknown field {versioning['field']!r}"
             )
+
+
+def _check_caching(schema: dict[str, Any], problems: Problems) -> None:
+    caching = {**CACHE_DEFAULTS, **schema.get("caching", {})}
+    if caching["max_entry_bytes"] > caching["max_bytes"]:
+        problems.add("$.caching.max_entry_bytes", "must not exceed max_bytes")
+    if not math.isfinite(caching["default_ttl_seconds"]):
+        problems.add("$.caching.default_ttl_seconds", "must be a finite number of seconds")
 
 
 def _check_storage(schema: dict[str, Any], problems: Problems) -> None:
@@ -412,3 +424,17 @@ def _write_once(
                     f"invariant {inv['id']}: {doc} must be written if_absent"
                     + (f" unless {feature}" if feature else ""),
                 )
+
+
+_CHECKS = (
+    _check_entities,
+    _check_storage,
+    _check_indexes,
+    _check_auth,
+    _check_caching,
+    _check_validation,
+    _check_ops_allowed,
+    _check_features,
+    _check_routes,
+    _check_invariants,
+)

@@ -312,6 +312,13 @@ def test_metadata_latest_tag_open_blob(repo: Repository) -> None:
             id="escaping-path-template",
         ),
         pytest.param(lambda s: s["routes"].append(dict(s["routes"][0])), id="duplicate-route"),
+        pytest.param(
+            lambda s: s["caching"].__setitem__("max_bytes", 1000), id="cache-entry-over-total"
+        ),
+        pytest.param(
+            lambda s: s["caching"].__setitem__("default_ttl_seconds", float("nan")),
+            id="cache-ttl-nan",
+        ),
     ],
 )
 def test_invalid_replacement_changes_nothing(repo: Repository, mutate: Any) -> None:

@@ -292,12 +292,29 @@ def test_every_problem_is_listed_at_once() -> None:
     assert "max_pipeline_ops" in messages
 
 
+def test_problems_beyond_the_shape_are_listed_with_shape_problems() -> None:
+    s = schema_mod.default_schema()
+    s["features"]["mutable_tags"] = "no"  # a shape problem
+    s["routes"].append(copy.deepcopy(s["routes"][0]))  # a duplicate: beyond the shape
+    s["caching"]["max_bytes"] = 1000  # smaller than max_entry_bytes: beyond the shape
+    paths = [p["path"] for p in schema_mod.problems_of(s)]
+    assert paths[0] == "$.features.mutable_tags"
+    assert {"$.routes[14].id", "$.caching.max_entry_bytes"} <= set(paths), paths
+    # A section whose shape is broken is reported once, by its shape problem.
+    s = schema_mod.default_schema()
+    s["entities"] = "nope"
+    problems = schema_mod.problems_of(s)
+    assert problems[0]["path"] == "$.entities"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         pytest.param(b"{", "not valid JSON", id="malformed"),
         pytest.param(b"[]", "a schema is a JSON object", id="not-object"),
         pytest.param(b'{"a": 1, "a": 2}', "duplicate key 'a'", id="duplicate-key"),
+        pytest.param(b'{"a": NaN}', "NaN is not JSON", id="nan"),
+        pytest.param(b"[" * 100_000, "nested too deeply", id="too-deep"),
     ],
 )
 def test_unparseable_text(text: bytes, message: str) -> None:
