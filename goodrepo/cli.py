@@ -199,8 +199,12 @@ def _open(args: argparse.Namespace) -> Any:
 
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin or not sys.stdin.isatty():
-        line = sys.stdin.readline()
-        return line.rstrip("\r\n")
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stream stands in for stdin
+            return str(sys.stdin.readline()).rstrip("\r\n")
+        # Bytes that are not UTF-8 come through as lone surrogates, which the password
+        # policy then refuses by name, rather than as a decoding traceback.
+        return str(stream.readline().decode("utf-8", "surrogateescape")).rstrip("\r\n")
     first = getpass.getpass("new password: ")
     if getpass.getpass("again: ") != first:
         raise SystemExit("goodrepo: the passwords differ")

@@ -50,6 +50,21 @@ def normalize(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+def _utf8(password: str) -> bytes:
+    """``password`` as hashed: UTF-8 of its normal form. A lone surrogate (from a JSON
+    escape such as ``\\ud800``, or undecodable input) is kept as its code, so such a
+    text can be compared with, though the policy never lets it become a password."""
+    return normalize(password).encode("utf-8", "surrogatepass")
+
+
+def _is_text(password: str) -> bool:
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=1)
 def common_passwords() -> frozenset[str]:
     """The shipped list of common passwords, lower-cased (read once, on first use).
@@ -111,6 +126,8 @@ class PasswordPolicy:
         """Every reason ``password`` is refused (empty when it is acceptable)."""
         pw = normalize(password)
         reasons = []
+        if not _is_text(pw):
+            reasons.append("not valid Unicode text (a lone surrogate or undecodable bytes)")
         if len(pw) < self.min_length:
             reasons.append(f"shorter than {self.min_length} characters")
         if len(pw) > self.max_length:
@@ -153,12 +170,12 @@ class Hasher:
 
     def hash(self, password: str) -> str:
         """A fresh salted hash of ``password``."""
-        return self.hasher.hash(normalize(password))
+        return self.hasher.hash(_utf8(password))
 
     def verify(self, stored: str, password: str) -> bool:
         """Whether ``password`` matches ``stored``; a malformed hash never matches."""
         try:
-            return self.hasher.verify(stored, normalize(password))
+            return self.hasher.verify(stored, _utf8(password))
         except VerifyMismatchError:
             return False
         except (VerificationError, InvalidHashError):

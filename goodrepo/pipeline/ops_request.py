@@ -151,13 +151,43 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.isascii() and not _encodes(value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _lone_surrogate_in(value: Any) -> bool:
+    try:
+        return _has_lone_surrogate(value)
+    except RecursionError:  # nested nearly as deep as the decoder goes: refuse it too
+        return True
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_json_body(raw: bytes) -> Any:
     """Decode a JSON body; INVALID_REQUEST when it is not JSON (RFC 8259: no ``NaN`` or
-    ``Infinity``) or nests too deeply to decode."""
+    ``Infinity``), nests too deeply to decode, or escapes a lone surrogate (``\\ud800``,
+    which is no character and cannot be stored or hashed)."""
     try:
-        return json.loads(raw, parse_constant=_not_json)
+        value = json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise InvalidRequest("the request body is not valid JSON") from err
+    # Only an escape can make one: UTF-8 input never decodes to a surrogate.
+    if (b"\\ud" in raw or b"\\uD" in raw) and _lone_surrogate_in(value):
+        raise InvalidRequest("the request body is not valid JSON: a lone surrogate")
+    return value
 
 
 @op("parse.json", out=Arg("var", required=True), reads_body=True)

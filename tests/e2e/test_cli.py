@@ -145,6 +145,23 @@ def test_password_policy_reasons_are_printed_once(tmp_path: Path) -> None:
     assert done.stderr.count("shorter than 12 characters") == 1, done.stderr
 
 
+def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path: Path) -> None:
+    env = server_env(tmp_path / "data")
+    env.pop("GOODREPO_DATA")
+    done = subprocess.run(
+        [sys.executable, "-m", "goodrepo.cli", "user", "add", "zed", "--password-stdin"]
+        + ["--data", str(tmp_path / "data")],
+        input=b"a long cli passphrase \xff\n",
+        capture_output=True,
+        timeout=CLI_TIMEOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert b"PASSWORD_POLICY" in done.stderr and b"not valid Unicode text" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
 def test_user_list_while_a_server_holds_the_directory(server: Any) -> None:
     s = server()
     for args in (("user", "list"), ("token", "list")):

@@ -124,6 +124,15 @@ def test_hasher_normalises_unicode():
     assert hasher.verify(stored, "cafe\u0301 au lait please")
 
 
+def test_text_that_is_not_unicode_is_refused_and_never_matches():
+    lone = "a long passphrase \ud800 here"
+    assert PasswordPolicy().check(lone) == [
+        "not valid Unicode text (a lone surrogate or undecodable bytes)"
+    ]
+    hasher = Hasher(CHEAP)
+    assert not hasher.verify(hasher.hash(GOOD), lone)
+
+
 def test_malformed_hash_never_matches():
     hasher = Hasher(CHEAP)
     assert not hasher.verify("not a hash", GOOD)

@@ -100,6 +100,21 @@ def test_malformed_login_body(web: webtest.TestApp) -> None:
     assert res.json["error"]["code"] == "INVALID_REQUEST"
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/auth/login", rb'{"username": "admin", "password": "a long one \ud800 yes"}'),
+        ("/auth/refresh", rb'{"refresh_token": "\udc00"}'),
+        ("/auth/logout", rb'{"refresh_token": "x\ud800"}'),
+        ("/auth/login", b"[" * 50_000),
+    ],
+    ids=["login-lone-surrogate", "refresh-lone-surrogate", "logout-lone-surrogate", "deep"],
+)
+def test_bodies_json_cannot_hold_are_refused(web: webtest.TestApp, path: str, body: bytes) -> None:
+    res = web.post(path, body, headers={"Content-Type": "application/json"}, status=400)
+    assert res.json["error"]["code"] == "INVALID_REQUEST"
+
+
 def test_login_throttled_per_address(tmp_path: Path) -> None:
     app = make(tmp_path, login_rate_limit="3/minute")
     try:
@@ -340,6 +355,15 @@ def test_a_refused_patch_changes_nothing(web: webtest.TestApp) -> None:
         status=400,
     )
     assert res.json["error"]["code"] == "PASSWORD_POLICY"
+    users = web.get("/admin/users", headers=admin).json["users"]
+    assert next(u for u in users if u["username"] == "dave")["scopes"] == ["read"]
+    res = web.patch(
+        "/admin/users/dave",
+        b'{"scopes": ["admin"], "password": "a long new passphrase \\ud800"}',
+        headers={**admin, "Content-Type": "application/json"},
+        status=400,
+    )
+    assert res.json["error"]["code"] == "INVALID_REQUEST"
     users = web.get("/admin/users", headers=admin).json["users"]
     assert next(u for u in users if u["username"] == "dave")["scopes"] == ["read"]
 
