@@ -143,8 +143,9 @@ class GoodrepoApp:
             return True
         if claims.get("typ") == "api":
             return False  # API tokens live by their own record (checked above)
-        # iat has whole seconds: a token from the second of the change itself still counts.
-        return int(claims.get("iat", 0)) < int(floor)
+        # Our tokens carry the exact issue time; one with whole seconds only (from an
+        # earlier version) counts as issued at the start of its second.
+        return bool(claims.get("iat", 0) < floor)
 
     def readiness_checks(self) -> dict[str, Callable[[], object]]:
         """KV read/write, every blob store writable, free disk above the threshold."""

@@ -255,11 +255,14 @@ class TokenService(ApiTokens):
         self, sub: str, scopes: Iterable[str], typ: str, jti: str, ttl: int
     ) -> tuple[str, str, int]:
         key = self.keyring.current()
-        now = int(self.clock())
+        issued = self.clock()
+        now = int(issued)
         claims: dict[str, Any] = {
             "sub": sub,
             "scopes": sorted(set(scopes)),
-            "iat": now,
+            # The exact time (a NumericDate may have a fraction): a token issued in the
+            # same second as, but before, a password change or disabling is revoked.
+            "iat": issued,
             "nbf": now,
             "exp": now + ttl,
             "jti": jti,

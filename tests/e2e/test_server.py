@@ -46,13 +46,14 @@ def jwt_header(token: str) -> dict[str, Any]:
 
 def forge(secret: bytes, kid: str, *, exp_in: int, **claims: Any) -> str:
     """A token shaped like the server's, signed with ``secret`` under ``kid``."""
-    now = int(time.time())
-    issued = now + min(0, exp_in - 600)  # ten minutes before it expires, never ahead
+    exact = time.time()
+    now = int(exact)
+    issued = exact + min(0, exp_in - 600)  # ten minutes before it expires, never ahead
     body: dict[str, Any] = {
         "sub": "admin",
         "scopes": ["admin"],
-        "iat": issued,
-        "nbf": issued,
+        "iat": issued,  # the exact time, as the server issues it
+        "nbf": int(issued),
         "exp": now + exp_in,
         "jti": secrets.token_hex(16),
         "typ": "access",
