@@ -204,9 +204,11 @@ class TokenService(ApiTokens):
 
     def revoke_refresh(self, token: str) -> None:
         """Revoke ``token`` and its family (logout); :class:`Unauthorized` when it is not
-        a live token."""
+        a live token. A spent token revokes its family too, as on refresh, then is
+        refused."""
+        digest = _digest(token)
         with self.kv.transaction() as txn:
-            record = txn.get_json(_store.refresh_key(_digest(token)), lock=True)
+            record = txn.get_json(_store.refresh_key(digest), lock=True)
             if record is None or record["expires_at"] <= self.clock():
                 raise Unauthorized("invalid refresh token")
             fkey = _store.family_key(record["username"], record["family"])
@@ -214,7 +216,11 @@ class TokenService(ApiTokens):
             if family is None:
                 raise Unauthorized("refresh token revoked")
             txn.delete(fkey)
-            txn.delete(_store.refresh_key(_digest(token)))
+            txn.delete(_store.refresh_key(digest))
+        if family["current"] != digest:
+            username = record["username"]
+            log.warning("spent refresh token replayed: revoked its family (user %s)", username)
+            raise Unauthorized("refresh token already used; its session is revoked")
 
     def revoke_user_refresh(self, username: str) -> int:
         """Revoke every refresh-token family of ``username``; returns how many."""

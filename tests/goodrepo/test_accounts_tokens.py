@@ -314,12 +314,18 @@ def test_logout_revokes_the_token(tokens):
         tokens.revoke_refresh(token)
 
 
-def test_logout_with_a_spent_token_ends_the_session(tokens):
+def test_logout_with_a_spent_token_ends_the_session_and_is_refused(tokens):
     first = tokens.issue_refresh("alice")
+    other = tokens.issue_refresh("alice")  # another session: another family
     _, second = tokens.rotate_refresh(first)
-    tokens.revoke_refresh(first)
+    # A replay, as on refresh: the whole session is revoked, and the answer says so.
+    with pytest.raises(Unauthorized, match="already used"):
+        tokens.revoke_refresh(first)
     with pytest.raises(Unauthorized):
         tokens.rotate_refresh(second)
+    with pytest.raises(Unauthorized):
+        tokens.revoke_refresh(second)
+    assert tokens.rotate_refresh(other)[0] == "alice"
 
 
 def test_revoke_every_session_of_a_user(tokens):

@@ -142,6 +142,17 @@ def test_logout_revokes_the_refresh_token(web: webtest.TestApp) -> None:
     web.post_json("/auth/logout", {"refresh_token": refresh}, status=401)
 
 
+def test_logout_with_a_spent_refresh_token_is_a_replay(web: webtest.TestApp) -> None:
+    first = login(web)["refresh_token"]
+    second = web.post_json("/auth/refresh", {"refresh_token": first}).json["refresh_token"]
+    res = web.post_json("/auth/logout", {"refresh_token": first}, status=401)
+    assert res.json["error"]["code"] == "UNAUTHORIZED"
+    assert res.json["error"]["message"] == "refresh token already used; its session is revoked"
+    assert res.headers["WWW-Authenticate"].startswith("Bearer")
+    # As on refresh, the replay revoked the whole session, the newest token included.
+    web.post_json("/auth/refresh", {"refresh_token": second}, status=401)
+
+
 def test_change_password(web: webtest.TestApp) -> None:
     session = login(web)
     headers = bearer(session["token"])
