@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response
 from goodrepo.repository import Repository
 from middleware.keys import PRINCIPAL
 
-from .conftest import WRITER, principal
+from .conftest import ADMIN, WRITER, principal
 from .slow import TIMEOUT, BlockingBody, run_bounded, start_slow_publish
 
 COORDS = "acme/app/1.0.0/linux"
@@ -193,6 +193,41 @@ def test_concurrent_tag_moves_with_if_match(repo: Repository) -> None:
         assert current.get_json()["target_version"] == f"{r + 1}.{winner}.0"
         assert current.headers["ETag"] == results[winner][2]
     assert len(events_of(repo, "tag.moved")) == 1 + rounds
+
+
+def test_tag_put_checks_its_target_in_the_transaction_that_writes_the_tag(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A DELETE of the target arrives just after the tag PUT has read it. The check and
+    # the write are one transaction, so the DELETE waits for the tag's commit: a tag is
+    # never written after its target is gone.
+    repo.publish("acme", "app", "1.0.0", "linux", b"a")
+    target = b"artifact/" + COORDS.encode()
+    deleter = client_in_thread(repo, ADMIN)
+    deleted: dict[str, int] = {}
+    racer = threading.Thread(
+        target=lambda: deleted.update(status=deleter.delete(f"/v1/{COORDS}").status_code),
+        daemon=True,
+    )
+    putter = threading.current_thread()
+    read = repo.kv.get
+
+    def get(key: bytes) -> bytes | None:
+        value = read(key)
+        if key.endswith(target) and threading.current_thread() is putter and not racer.ident:
+            racer.start()
+            racer.join(timeout=1.0)  # done at once unless the tag PUT holds the target
+        return value
+
+    monkeypatch.setattr(repo.kv, "get", get)
+    res = client_in_thread(repo).put(
+        "/v1/acme/app/tags/stable", json={"target_version": "1.0.0", "target_variant": "linux"}
+    )
+    racer.join(timeout=TIMEOUT)
+    assert racer.ident and not racer.is_alive()
+    assert (res.status_code, deleted) == (200, {"status": 204})
+    events, _ = repo.events.read(0, 100)
+    assert [e["type"] for e in events] == ["artifact.published", "tag.moved", "artifact.deleted"]
 
 
 def test_slow_upload_does_not_block_other_requests(repo: Repository) -> None:
