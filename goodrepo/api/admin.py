@@ -4,6 +4,7 @@ and the event log (scope ``admin`` or ``replicate``)."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Response
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SCHEMA_BYTES = 4 << 20
+MAX_KEY_PREFIX = 256  # characters, as written
 ADMIN = ("admin",)
 
 # O(1) RocksDB properties: estimates kept by RocksDB itself, never a scan.
@@ -36,9 +38,37 @@ ROCKSDB_PROPERTIES = (
     "rocksdb.num-live-versions",
 )
 
+_HEX_BYTE = re.compile(r"x[0-9a-fA-F]{2}")
+
 
 def _printable_key(key: bytes) -> str:
+    """``key`` as the key listing shows it: printable ASCII as it is, every other byte and
+    the backslash as ``\\xNN``. :func:`_key_prefix` reads it back."""
     return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in key)
+
+
+def _key_prefix(text: str) -> bytes:
+    """The key bytes that ``text``, written the way :func:`_printable_key` writes keys,
+    stands for: each ``\\xNN`` is the byte NN, so a key shown in the listing is a prefix."""
+
+    def bad(message: str) -> InvalidRequest:
+        return InvalidRequest(message, details={"field": "prefix"})
+
+    if len(text) > MAX_KEY_PREFIX:
+        raise bad(f"prefix is longer than {MAX_KEY_PREFIX} characters")
+    if not text.isascii() or not text.isprintable():
+        raise bad("prefix must be printable ASCII; write any other byte as \\xNN")
+    head, *escapes = text.split("\\")
+    key = bytearray(head.encode("ascii"))
+    for part in escapes:
+        if not _HEX_BYTE.match(part):
+            raise bad(
+                "prefix has a malformed escape: a backslash must start \\xNN (two hex "
+                "digits); a backslash itself is written \\x5c"
+            )
+        key.append(int(part[1:3], 16))
+        key += part[3:].encode("ascii")
+    return bytes(key)
 
 
 class AdminEndpoints:
@@ -233,11 +263,9 @@ class AdminEndpoints:
         return {"ok": True, "approximate": True, "stats": stats}
 
     def rocksdb_keys(self, req: ApiRequest) -> dict[str, Any]:
-        prefix = req.request.args.get("prefix", "")
-        if not prefix.isascii() or not prefix.isprintable() or len(prefix) > 256:
-            raise InvalidRequest("prefix must be printable ASCII", details={"field": "prefix"})
+        prefix = _key_prefix(req.request.args.get("prefix", ""))
         limit = req.int_arg("limit", 100, 1, 1000)
-        rows = list(self.repo.kv.scan(prefix.encode("ascii"), limit=limit + 1))
+        rows = list(self.repo.kv.scan(prefix, limit=limit + 1))
         keys = [_printable_key(k) for k, _ in rows[:limit]]
         return {"ok": True, "keys": keys, "truncated": len(rows) > limit}
 

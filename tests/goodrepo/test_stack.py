@@ -402,6 +402,44 @@ def test_rocksdb_keys_without_a_prefix(web: webtest.TestApp) -> None:
     assert all(k.isprintable() and k.isascii() for k in keys)
 
 
+def test_rocksdb_keys_a_listed_key_is_a_prefix(stack: GoodrepoApp, web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    for key in (b"z:odd\x00\\key\xff", b"z:odd\x00\\key\xfe", b"z:odd\x01"):
+        stack.repo.kv.put_json(key, {})
+    listed = web.get("/rocksdb/keys?prefix=z:", headers=admin).json["keys"]
+    assert listed == ["z:odd\\x00\\x5ckey\\xfe", "z:odd\\x00\\x5ckey\\xff", "z:odd\\x01"]
+    for prefix, keys in [
+        (listed[1], [listed[1]]),
+        ("z:odd\\x00", listed[:2]),
+        ("z:odd\\x00\\x5Ckey", listed[:2]),  # either case of hex digits
+        ("z:odd\\x00" + "\\x00" * 61 + "key", []),  # 256 characters: the bound
+    ]:
+        res = web.get("/rocksdb/keys", {"prefix": prefix}, headers=admin)
+        assert res.json["keys"] == keys, prefix
+
+
+@pytest.mark.parametrize(
+    ("prefix", "message"),
+    [
+        pytest.param("a\\", "malformed escape", id="lone-backslash"),
+        pytest.param("a\\x4", "malformed escape", id="one-hex-digit"),
+        pytest.param("a\\xg0", "malformed escape", id="not-hex"),
+        pytest.param("a\\\\", "malformed escape", id="doubled-backslash"),
+        pytest.param("a\\n", "malformed escape", id="c-escape"),
+        pytest.param("a\tb", "printable ASCII", id="control"),
+        pytest.param("caf\u00e9", "printable ASCII", id="non-ascii"),
+        pytest.param("a" * 257, "longer than 256", id="too-long"),
+        pytest.param("\\x00" * 64 + "a", "longer than 256", id="too-long-escaped"),
+    ],
+)
+def test_rocksdb_keys_bad_prefixes(web: webtest.TestApp, prefix: str, message: str) -> None:
+    admin = bearer(login(web)["token"])
+    res = web.get("/rocksdb/keys", {"prefix": prefix}, headers=admin, status=400)
+    assert res.json["error"]["code"] == "INVALID_REQUEST"
+    assert res.json["error"]["details"] == {"field": "prefix"}
+    assert message in res.json["error"]["message"]
+
+
 def test_token_answers_are_not_cached(web: webtest.TestApp) -> None:
     res = web.post_json("/auth/login", {"username": "admin", "password": PASSWORD})
     assert res.headers["Cache-Control"] == "no-store"
