@@ -41,14 +41,19 @@ class Field:
     name: str
     normalize: tuple[Callable[[str], str], ...]
     pattern: re.Pattern[str]
-    max_length: int = 255
+    max_length: int = 1020  # of the raw value, before normalisation
 
     def normalize_only(self, raw: Any, *, label: str | None = None) -> str:
         """Screen and normalise without the pattern check (for prefixes in filters)."""
         label = label or self.name
         if not isinstance(raw, str):
             raise ValidationError(f"{label} must be a string", details={"field": label})
-        if len(raw) > self.max_length * 4 or not _PRINTABLE_ASCII.fullmatch(raw):
+        if len(raw) > self.max_length:
+            raise ValidationError(
+                f"{label} is too long: at most {self.max_length} characters",
+                details={"field": label},
+            )
+        if not _PRINTABLE_ASCII.fullmatch(raw):
             raise ValidationError(
                 f"{label} contains characters that are not printable ASCII",
                 details={"field": label},
@@ -78,7 +83,7 @@ class Entity:
                 name=fname,
                 normalize=tuple(NORMALIZERS[n] for n in fspec.get("normalize", [])),
                 pattern=re.compile(fspec["pattern"]),
-                max_length=fspec.get("max_length", 255),
+                max_length=fspec.get("max_length", 1020),
             )
             for fname, fspec in spec["fields"].items()
         }

@@ -32,6 +32,8 @@ from urllib.parse import unquote
 import pytest
 import webtest
 
+from goodrepo.entities import Entity
+from goodrepo.errors import ValidationError
 from goodrepo.repository import Repository
 
 from .conftest import ADMIN, WRITER, client_for, publish
@@ -520,3 +522,33 @@ def test_length_bounds(client: Any) -> None:
     assert client.get(f"/v1/{longest}/packages").json["packages"][0]["name"] == longest
     err = publish(client, f"{longest}b/app/1.0.0/linux", status=400).json["error"]
     assert err["details"]["field"] == "namespace"
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        pytest.param("/v1/{long}/app/1.0.0/linux", "namespace", id="namespace"),
+        pytest.param("/v1/acme/{long}/1.0.0/linux", "name", id="name"),
+        pytest.param("/v1/acme/app/{long}/linux", "version", id="version"),
+        pytest.param("/v1/acme/app/1.0.0/{long}", "variant", id="variant"),
+        pytest.param("/v1/acme/app/tags/{long}", "tag", id="tag"),
+        pytest.param("/v1/acme/app/latest?variant={long}", "variant", id="query-variant"),
+        pytest.param("/v1/acme/packages?q={long}", "q", id="query-q"),
+    ],
+)
+def test_an_overlong_identifier_is_called_too_long(client: Any, path: str, field: str) -> None:
+    res = client.get(path.format(long="a" * 1021), expect_errors=True)
+    assert_error(res, 400, "VALIDATION_ERROR", field)
+    assert res.json["error"]["message"] == f"{field} is too long: at most 1020 characters"
+    # At the bound the value is screened through: whatever follows says something else.
+    assert "too long" not in client.get(path.format(long="a" * 1020), expect_errors=True).text
+
+
+def test_max_length_of_a_schema_field_bounds_the_raw_value() -> None:
+    entity = Entity.from_schema(
+        "thing",
+        {"fields": {"name": {"pattern": "^[a-z ]+$", "max_length": 5, "normalize": ["trim"]}}},
+    )
+    assert entity.clean("name", " abc ") == "abc"  # 5 characters before trimming
+    with pytest.raises(ValidationError, match="name is too long: at most 5 characters"):
+        entity.clean("name", " abc  ")
