@@ -111,7 +111,7 @@ class GoodrepoApp:
             allow_anonymous_read=settings.allow_anon_read,
             is_revoked=self._is_revoked,
         )
-        app = RateLimitMiddleware(
+        app = self._ratelimit = RateLimitMiddleware(
             app,
             rules=[
                 Rule(settings.login_rate_limit, methods=["POST"], path="/auth/login", name="login")
@@ -221,7 +221,8 @@ class GoodrepoApp:
         )
 
     def close(self) -> None:
-        """Close the repository."""
+        """Close the repository and the rate limiter's storage connections (Redis)."""
+        self._ratelimit.close()
         self.repo.close()
 
 

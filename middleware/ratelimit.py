@@ -35,6 +35,8 @@ Usage::
     from middleware.ratelimit import RateLimitMiddleware, Rule
     rules = [Rule("5/minute", path="/auth/login", methods=["POST"]), Rule("50/second")]
     app = RateLimitMiddleware(app, rules=rules, storage="redis://127.0.0.1:6379/0")
+    ...
+    app.close()  # when done with it: closes the Redis connections it opened
 
 Environ keys: sets ``goodrepo.client_addr``; reads ``goodrepo.principal`` for rules keyed
 by ``"principal"`` (place an instance inside the auth middleware for those); the refusals
@@ -326,6 +328,7 @@ class RateLimitMiddleware:
         if not isinstance(backend, Storage):
             raise ValueError("storage: asynchronous storages do not work in WSGI")
         self.storage = backend
+        self._owns_storage = isinstance(storage, str)
         base = backend.base_exceptions
         self._storage_errors: tuple[type[Exception], ...] = (
             StorageError,
@@ -357,6 +360,18 @@ class RateLimitMiddleware:
             )
         elif strategy == "fixed-window":
             self._charge = self._charge_fixed_window
+
+    def close(self) -> None:
+        """Close the network connections of a storage made from a URI (the Redis clients
+        of ``redis://`` and its variants). A storage instance passed in is its owner's to
+        close. Idempotent; a request after it connects again."""
+        if not self._owns_storage:
+            return
+        attributes = vars(self.storage)  # not getattr: some storages connect on access
+        for name in ("storage", "storage_slave"):
+            close = getattr(attributes.get(name), "close", None)
+            if callable(close):
+                close()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._trusted:

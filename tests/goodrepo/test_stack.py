@@ -8,6 +8,7 @@ from typing import Any
 
 import jwt
 import pytest
+import redis
 import webtest
 from argon2 import PasswordHasher
 from prometheus_client import CollectorRegistry
@@ -45,6 +46,24 @@ def web(stack: GoodrepoApp) -> webtest.TestApp:
 
 def login(web: webtest.TestApp, username: str = "admin", password: str = PASSWORD) -> Any:
     return web.post_json("/auth/login", {"username": username, "password": password}).json
+
+
+def test_close_releases_the_rate_limit_storage(tmp_path: Path, redis_url: str) -> None:
+    def clients() -> int:
+        probe = redis.Redis.from_url(redis_url)
+        try:
+            return int(probe.info("clients")["connected_clients"])
+        finally:
+            probe.close()
+
+    before = clients()
+    app = make(tmp_path, ratelimit_storage=redis_url)
+    try:
+        login(webtest.TestApp(app))  # the login rule counts in Redis
+        assert clients() == before + 1
+    finally:
+        app.close()
+    assert clients() == before
 
 
 def bearer(token: str) -> dict[str, str]:

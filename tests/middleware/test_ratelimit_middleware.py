@@ -8,6 +8,8 @@ import threading
 from typing import Any
 
 import pytest
+import redis
+from limits.storage import storage_from_string
 from mwhelpers import Outer, RecordingApp, call, free_port
 from webtest import TestApp
 
@@ -252,20 +254,84 @@ def test_redis_storage_is_shared_between_instances(
     rules = [Rule("3/minute", name="shared-test")]
     first = limited(recording_app, *rules, storage=redis_url, key_prefix="t-shared")
     second = limited(recording_app, *rules, storage=redis_url, key_prefix="t-shared")
-    first.get("/x")
-    second.get("/x")
-    response = first.get("/x")
-    assert response.headers["RateLimit-Remaining"] == "0"
-    second.get("/x", status=429)
     other_prefix = limited(recording_app, *rules, storage=redis_url, key_prefix="t-other")
-    other_prefix.get("/x", status=200)
+    try:
+        first.get("/x")
+        second.get("/x")
+        response = first.get("/x")
+        assert response.headers["RateLimit-Remaining"] == "0"
+        second.get("/x", status=429)
+        other_prefix.get("/x", status=200)
+    finally:
+        for app in (first, second, other_prefix):
+            app.app.close()
+
+
+def redis_clients(url: str) -> int:
+    """How many clients the Redis server at ``url`` has connected, this query's included."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("clients")["connected_clients"])
+    finally:
+        client.close()
+
+
+def test_close_releases_the_redis_connections(redis_url: str, recording_app: RecordingApp) -> None:
+    before = redis_clients(redis_url)
+    middleware = RateLimitMiddleware(
+        recording_app,
+        rules=[Rule("5/minute")],
+        storage=redis_url,
+        key_prefix=f"t-close-{free_port()}",
+    )
+    app = TestApp(middleware)
+    app.get("/x")
+    assert redis_clients(redis_url) == before + 1
+    middleware.close()
+    assert redis_clients(redis_url) == before
+    middleware.close()  # again: nothing left to close
+    # A request after close() connects again and still counts against the same limit.
+    assert app.get("/x").headers["RateLimit-Remaining"] == "3"
+    middleware.close()
+    assert redis_clients(redis_url) == before
+
+
+def test_close_leaves_a_storage_instance_to_its_owner(
+    redis_url: str, recording_app: RecordingApp
+) -> None:
+    storage = storage_from_string(redis_url)
+    try:
+        middleware = RateLimitMiddleware(
+            recording_app,
+            rules=[Rule("5/minute")],
+            storage=storage,
+            key_prefix=f"t-own-{free_port()}",
+        )
+        TestApp(middleware).get("/x")
+        before = redis_clients(redis_url)
+        middleware.close()
+        assert redis_clients(redis_url) == before
+    finally:
+        storage.storage.close()
+
+
+def test_close_with_memory_storage_does_nothing(recording_app: RecordingApp) -> None:
+    middleware = RateLimitMiddleware(recording_app, rules=[Rule("2/minute")])
+    app = TestApp(middleware)
+    app.get("/x")
+    middleware.close()
+    assert app.get("/x").headers["RateLimit-Remaining"] == "0"  # the window was kept
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_redis_strategies(redis_url: str, recording_app: RecordingApp, strategy: str) -> None:
     prefix = f"{strategy}-{free_port()}"  # fresh counters on every run
     options = {"storage": redis_url, "strategy": strategy, "key_prefix": prefix}
-    check_strategy(limited(recording_app, Rule("2/minute"), **options))
+    app = limited(recording_app, Rule("2/minute"), **options)
+    try:
+        check_strategy(app)
+    finally:
+        app.app.close()
 
 
 CONFIG_ERRORS = [
