@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,41 @@ def test_publish_fetch_latest_and_tag(srv: ServerProcess) -> None:
     assert error["details"]["blob_digest"] == digest
     absent = srv.request("GET", "/v1/acme/widget/3.0.0/linux-amd64/blob", token=token)
     assert_error(absent, 404, "NOT_FOUND")
+
+
+def schema_with_blob_limit(tmp_path: Path, max_blob_bytes: int | None) -> Path:
+    """The packaged schema with the primary blob store's ``max_blob_bytes`` replaced (or
+    removed: no limit), written to a file for ``GOODREPO_SCHEMA_FILE``."""
+    schema = json.loads(resources.files("goodrepo.schema").joinpath("default.json").read_text())
+    store = schema["storage"]["blob_stores"]["primary"]
+    store.pop("max_blob_bytes")
+    if max_blob_bytes is not None:
+        store["max_blob_bytes"] = max_blob_bytes
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    return path
+
+
+def test_the_body_limit_follows_the_blob_stores(server: Any, tmp_path: Path) -> None:
+    limit = 5 << 20  # above the 4 MiB a schema body may have
+    s = server(env={"GOODREPO_SCHEMA_FILE": str(schema_with_blob_limit(tmp_path, limit))})
+    s.publish("acme/sized/1.0.0/any", b"x" * limit)  # exactly the limit: accepted
+    # One byte more is refused from the headers alone, before any of the body is sent.
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(
+            b"PUT /v1/acme/sized/2.0.0/any/blob HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {s.admin_token}\r\n".encode()
+            + f"Content-Length: {limit + 1}\r\n\r\n".encode()
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413 ")
+    assert s.request("GET", "/v1/acme/sized/2.0.0/any", token=s.admin_token).status_code == 404
+
+    unlimited = tmp_path / "unlimited"
+    unlimited.mkdir()
+    s = server(env={"GOODREPO_SCHEMA_FILE": str(schema_with_blob_limit(unlimited, None))})
+    big = b"y" * (6 << 20)
+    r = s.publish("acme/sized/1.0.0/any", big)
+    assert r.json()["size"] == len(big)
 
 
 # -- 401 and 403 ------------------------------------------------------------------------
