@@ -130,15 +130,13 @@ class Repository:
 
     def _set_features_locked(self, changes: dict[str, Any], by: str) -> dict[str, Any]:
         current = self.schema
+        known = current.get("features", {})
         problems = [
             {"path": f"$.features.{k}", "message": "unknown feature"}
-            for k in changes
-            if k not in current.get("features", {})
-        ]
-        problems += [
-            {"path": f"$.features.{k}", "message": "must be true or false"}
+            if k not in known
+            else {"path": f"$.features.{k}", "message": "must be true or false"}
             for k, v in changes.items()
-            if not isinstance(v, bool)
+            if k not in known or not isinstance(v, bool)
         ]
         if problems:
             raise InvalidConfig(problems)

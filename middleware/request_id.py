@@ -207,6 +207,8 @@ class RequestIDMiddleware:
             raise ValueError("generate: must return 1-128 characters of [A-Za-z0-9._-]")
         if isinstance(access_logger, str):
             access_logger = logging.getLogger(access_logger)
+        if not isinstance(access_logger, logging.Logger):
+            raise ValueError("access_logger: expected a logging.Logger or a logger name")
         self._access_log = access_logger if access_log else None
         self._catch_errors = bool(catch_errors)
 
@@ -242,8 +244,8 @@ class RequestIDMiddleware:
         if type(app_iter) is environ.get("wsgi.file_wrapper"):
             # Hand the server its own file wrapper back so it can send the file itself;
             # the log line waits for its close() and counts the declared length.
-            exchange.bytes = _declared_length(exchange.headers)
             if after_close(app_iter, exchange.finish):
+                exchange.bytes = _declared_length(exchange.headers)
                 return app_iter
         exchange.wrap(app_iter)
         return exchange

@@ -286,6 +286,13 @@ def test_config_and_features(web: webtest.TestApp, stack: GoodrepoApp) -> None:
     assert stack.repo.schema["features"]["mutable_tags"] is True
     res = web.put_json("/admin/features", {"teleport": True}, headers=admin, status=422)
     assert res.json["error"]["code"] == "INVALID_CONFIG"
+    bad = {"teleport": "yes", "mutable_tags": "no", "allow_overwrite_artifacts": False}
+    res = web.put_json("/admin/features", bad, headers=admin, status=422)
+    assert res.json["error"]["details"]["problems"] == [  # one per bad member, in order
+        {"path": "$.features.teleport", "message": "unknown feature"},
+        {"path": "$.features.mutable_tags", "message": "must be true or false"},
+    ]
+    assert stack.repo.schema["features"]["mutable_tags"] is True  # nothing changed
     for path in ["/admin/entities", "/admin/routes", "/admin/blob-stores", "/admin/auth/scopes"]:
         assert web.get(path, headers=admin).json["ok"] is True
 

@@ -268,6 +268,7 @@ def test_an_error_while_streaming_is_logged_as_such(records: list) -> None:
 CONFIG_ERRORS = [
     pytest.param({"header": "X Request"}, "header", id="bad-header"),
     pytest.param({"generate": lambda: "no spaces allowed"}, "generate", id="bad-generator"),
+    pytest.param({"access_logger": 5}, "access_logger", id="logger-not-a-logger"),
 ]
 
 
@@ -334,6 +335,38 @@ def test_a_server_file_wrapper_is_logged_when_it_closes(records: list) -> None:
     body.close()
     (line,) = access_records(records)
     assert (line.status, line.bytes) == (200, 5000)
+    assert handle.closed
+
+
+class SlottedFileWrapper:
+    """A server file wrapper whose ``close`` cannot be replaced on the instance."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def __iter__(self) -> Any:
+        return iter(lambda: self.handle.read(1000), b"")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def test_a_file_wrapper_that_cannot_be_hooked_is_counted_as_it_streams(records: list) -> None:
+    handle = io.BytesIO(b"x" * 5000)
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5000")])
+        return environ["wsgi.file_wrapper"](handle)
+
+    wrapper = {"wsgi.file_wrapper": SlottedFileWrapper}
+    status, headers, body, _ = call(RequestIDMiddleware(app), **wrapper)
+    assert not isinstance(body, SlottedFileWrapper)  # wrapped, to see its close()
+    assert b"".join(body) == b"x" * 5000
+    body.close()
+    (line,) = access_records(records)
+    assert (line.status, line.bytes) == (200, 5000)  # counted once, not declared + sent
     assert handle.closed
 
 
