@@ -75,16 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  {password}",
                 flush=True,
             )
-        # waitress refuses bodies over 1 GiB by default; let the blob store's limit rule.
-        stores = app.repo.schema["storage"]["blob_stores"].values()
-        max_body = max((store.get("max_blob_bytes") or 0) for store in stores)
+        # waitress refuses bodies over 1 GiB by default; let the blob stores' limits rule.
         waitress.serve(
             app,
             host=settings.host,
             port=settings.port,
             threads=settings.threads,
             channel_timeout=settings.channel_timeout,
-            max_request_body_size=max(max_body, 1 << 20),
+            max_request_body_size=app.request_body_limit(),
             # waitress drops X-Forwarded-For by default; with trusted proxies configured,
             # keep it for goodrepo, which believes it only from those addresses.
             clear_untrusted_proxy_headers=not settings.trusted_proxies,

@@ -29,7 +29,6 @@ log = logging.getLogger("goodrepo.cli")
 
 DRAIN_SECONDS = 30.0
 MAINTENANCE_SECONDS = 3600.0
-UNLIMITED_BODY = 1 << 62  # waitress has no "no limit"; no body comes near this
 
 EPILOG = """\
 Settings come from defaults, then the TOML file named by --config (or GOODREPO_CONFIG),
@@ -65,22 +64,6 @@ def _configure_logging(fmt: str, level: str) -> None:
 # -- serve ----------------------------------------------------------------------------
 
 
-def request_body_limit(schema: dict[str, Any]) -> int:
-    """waitress's ``max_request_body_size`` for ``schema``.
-
-    waitress refuses a body of that many bytes or more before the app sees it, so this is
-    one byte over the largest body the app accepts: a blob of the largest
-    ``max_blob_bytes`` of the blob stores, or a schema for ``PUT /admin/config`` if that is
-    larger. A store without ``max_blob_bytes`` accepts any size, and so does the server.
-    """
-    from .api.admin import MAX_SCHEMA_BYTES
-
-    limits = [store.get("max_blob_bytes") for store in schema["storage"]["blob_stores"].values()]
-    if not all(limits):
-        return UNLIMITED_BODY
-    return max([*limits, MAX_SCHEMA_BYTES]) + 1
-
-
 def run_server(app: Any, settings: Any, out: TextIO) -> None:
     """Serve ``app`` on waitress until SIGTERM or SIGINT, then drain gracefully.
 
@@ -97,7 +80,7 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
         port=settings.port,
         threads=settings.threads,
         channel_timeout=settings.channel_timeout,
-        max_request_body_size=request_body_limit(app.repo.schema),
+        max_request_body_size=app.request_body_limit(),
         ident="goodrepo",
         # The rate-limit middleware reads X-Forwarded-For itself, from trusted proxies
         # only; waitress would otherwise drop the header before it gets there.

@@ -42,7 +42,7 @@ from middleware.request_id import RequestIDMiddleware
 from middleware.security_headers import SecurityHeadersMiddleware
 
 from .accounts import KeyRing, LoginThrottle, PasswordPolicy, TokenService, Users
-from .api.admin import AdminEndpoints
+from .api.admin import MAX_SCHEMA_BYTES, AdminEndpoints
 from .api.auth import AuthEndpoints
 from .api.base import ApiRequest, Endpoint, JsonApi
 from .errors import Forbidden, GoodrepoError, StoreError, Unauthorized, UserExists
@@ -51,6 +51,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+UNLIMITED_BODY = 1 << 62  # waitress has no "no limit"; no body comes near this
 COUNTERS = {
     **DEFAULT_COUNTERS,
     "response_cache_hits": "Metadata and latest answers served from the response cache.",
@@ -219,6 +220,21 @@ class GoodrepoApp:
         log.info(
             "maintenance: %d expired token records, %d retired keys removed", purged, len(pruned)
         )
+
+    def request_body_limit(self) -> int:
+        """The ``max_request_body_size`` to give waitress for this repository's schema.
+
+        waitress refuses a body of that many bytes or more before the app sees it, so this
+        is one byte over the largest body the app accepts: a blob of the largest
+        ``max_blob_bytes`` of the blob stores, or a schema for ``PUT /admin/config`` if
+        that is larger. A store without ``max_blob_bytes`` accepts any size, and then so
+        does the server. The schema of the moment counts: a server reads it at start.
+        """
+        stores = self.repo.schema["storage"]["blob_stores"].values()
+        limits = [store.get("max_blob_bytes") for store in stores]
+        if not all(limits):
+            return UNLIMITED_BODY
+        return max([*limits, MAX_SCHEMA_BYTES]) + 1
 
     def close(self) -> None:
         """Close the repository and the rate limiter's storage connections (Redis)."""
