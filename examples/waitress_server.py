@@ -1,10 +1,10 @@
 """Serve the standard goodrepo stack with plain waitress.
 
-This is what ``goodrepo serve`` does, written out as a short program: the stack comes from
+A short program close to ``goodrepo serve``: the stack comes from
 :func:`goodrepo.create_app` (settings from defaults < ``GOODREPO_CONFIG`` < ``GOODREPO_*``
-environment variables < the options below), a fresh data directory gets an ``admin`` user
-(with ``GOODREPO_ADMIN_PASSWORD``, or a generated password printed once), and
-``waitress.serve`` runs it until Ctrl-C or SIGTERM. Logs are JSON lines on standard error.
+environment variables < the options below), a data directory without users gets an
+``admin`` user (with ``GOODREPO_ADMIN_PASSWORD``, or a generated password printed once),
+and ``waitress.serve`` runs it until Ctrl-C or SIGTERM.
 
 Run it (from a checkout, after ``pip install .``)::
 
@@ -21,9 +21,16 @@ Try it::
     curl -H "Authorization: Bearer $TOKEN" localhost:8080/v1/acme/app/latest
     curl localhost:8080/health/ready
 
-On a stop signal waitress closes its socket and lets the requests being handled finish
-their work (for up to 5 seconds), but their answers may not reach the clients.
-``goodrepo serve`` also sends those answers before it exits; prefer it in production.
+It differs from ``goodrepo serve``, which is the one to use in production:
+
+- logs are always JSON lines on standard error (``GOODREPO_LOG_FORMAT=text`` is ignored);
+- it never runs ``app.maintenance()`` (``goodrepo serve`` runs it at start and hourly), so
+  expired refresh-token and API-token records stay in the store;
+- on a stop signal, waitress's ``run()`` does not close the listening socket: it only shuts
+  down its task dispatcher, which lets the worker threads finish the requests they are
+  handling for up to 5 seconds and cancels the queued ones. Their answers may not reach
+  the clients, and new connections are not refused until the process exits.
+  ``goodrepo serve`` closes the socket at once and sends those answers before it exits.
 """
 
 from __future__ import annotations
@@ -51,7 +58,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the standard stack on waitress; returns the exit code."""
     parser = argparse.ArgumentParser(description="Serve goodrepo with plain waitress.")
-    parser.add_argument("--data", help="data directory (default: $GOODREPO_DATA or ./data)")
+    parser.add_argument(
+        "--data",
+        help="data directory (default: $GOODREPO_DATA, else data in the $GOODREPO_CONFIG "
+        "file, else ./data)",
+    )
     parser.add_argument("--host", help="address to listen on (default: $GOODREPO_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (default: $GOODREPO_PORT)")
     args = parser.parse_args(argv)

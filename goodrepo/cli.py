@@ -305,7 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--data", help="data directory (default: $GOODREPO_DATA or ./data)")
+        p.add_argument(
+            "--data",
+            help="data directory (default: $GOODREPO_DATA, else data in the --config file, "
+            "else ./data)",
+        )
         p.add_argument("--config", help="TOML settings file (default: $GOODREPO_CONFIG)")
         return p
 
@@ -315,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="run the server on waitress",
             description="Run the standard stack on waitress until "
             "SIGTERM or SIGINT; requests in flight finish first. On a "
-            "fresh data directory the admin user is created with "
+            "data directory without users the admin user is created with "
             "GOODREPO_ADMIN_PASSWORD, or a generated password that "
             "is printed once.",
         )
@@ -348,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         usub,
         "passwd",
         "Set a user's password, read from standard input or asked for on a terminal; "
-        "the user's refresh tokens are revoked",
+        "the user's refresh tokens are revoked and its access tokens stop working",
     )
     passwd.add_argument("username", help="the user whose password to set")
     passwd.add_argument(

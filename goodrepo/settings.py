@@ -212,8 +212,9 @@ class Settings:
     admin_password: str | None = _setting(
         None,
         _secret(8),
-        "Password of the `admin` user created on a fresh data directory; when unset a "
-        "password is generated and printed once. Must pass the password policy.",
+        "Password of the `admin` user created on a data directory without users; when "
+        "unset a password is generated and printed once. Ignored once a user exists, but "
+        "still checked against the password policy when set.",
         secret=True,
     )
     allow_anon_read: bool = _setting(
@@ -230,7 +231,7 @@ class Settings:
     login_rate_limit: str = _setting(
         "5/minute",
         _rate,
-        "Login attempts per client address, and failed logins per username.",
+        "Login attempts per client address; failed logins per username and per address.",
     )
     access_token_ttl: int = _setting(
         900, _integer(60, DAY), "Lifetime of access tokens, in seconds (60 to 86400)."
@@ -269,8 +270,8 @@ class Settings:
     min_free_disk: int = _setting(
         "512MiB",
         _size,
-        "Readiness fails when the data directory's disk has less free space; bytes or "
-        "with a unit (512MiB, 2GB). 0 disables the check.",
+        "Readiness fails when a blob store's root has less free space on its disk; bytes "
+        "or with a unit (512MiB, 2GB). 0 disables the check.",
     )
     log_format: str = _setting("json", _choice("json", "text"), "Log lines as json or text.")
     log_level: str = _setting(
@@ -304,8 +305,9 @@ class Settings:
     hsts: int = _setting(
         0,
         _hsts,
-        "Strict-Transport-Security max-age in seconds; true means one year, 0 or false "
-        "sends none. Set it only when clients reach goodrepo over HTTPS.",
+        "Strict-Transport-Security max-age in seconds, sent with includeSubDomains; true "
+        "means one year, 0 or false sends none. Set it only when clients reach goodrepo "
+        "over HTTPS.",
     )
     origins: dict[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 

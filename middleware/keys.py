@@ -18,8 +18,9 @@ Keys:
     list[str], "token_id": str | None, "claims": dict, "anonymous": bool}``.
 ``ROUTE``
     set by the inner app before it calls ``start_response``: the route template it
-    matched, e.g. ``"/v1/{namespace}/{name}/latest"``. Metrics and the access log use it
-    instead of the raw path.
+    matched, e.g. ``"/v1/{namespace}/{name}/latest"``; and by
+    :class:`middleware.health.HealthMiddleware` for its probes: the probe's path. Metrics
+    and the access log use it instead of the raw path.
 ``ERROR_CODE``
     set by the inner app (and by every middleware refusal) on a failed request: the
     stable error code, e.g. ``"NOT_FOUND"``.

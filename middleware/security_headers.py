@@ -1,10 +1,11 @@
 """Add defensive response headers, keeping any the inner app set itself.
 
 Every response gets ``X-Content-Type-Options: nosniff``, ``Referrer-Policy`` and
-``X-Frame-Options``; HTML answers (``Content-Type: text/html``) also get a
-``Content-Security-Policy`` whose ``frame-ancestors`` matches the frame option; and
-``Strict-Transport-Security`` is added when ``hsts_max_age`` is set. A header the app
-already sent (compared case-insensitively) is left exactly as the app set it.
+``X-Frame-Options``; HTML answers (``Content-Type`` ``text/html`` or
+``application/xhtml+xml``) also get a ``Content-Security-Policy`` whose
+``frame-ancestors`` matches the frame option; and ``Strict-Transport-Security`` is added
+when ``hsts_max_age`` is set. A header the app already sent (compared case-insensitively)
+is left exactly as the app set it.
 
 Options (``None`` turns a header off):
 
