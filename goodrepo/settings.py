@@ -385,11 +385,15 @@ class Settings:
         for f in known.values():
             names = f.metadata["env"] or (ENV_PREFIX + f.name.upper(),)
             found = [(n, env[n]) for n in names if env.get(n, "").strip()]
-            if len({_try(f.metadata["parse"], v) for _, v in found}) > 1:
-                problems.append(
-                    f"{f.name}: {' and '.join(n for n, _ in found)} disagree; set only one"
-                )
-            elif found:
+            parse = f.metadata["parse"]
+            invalid = [(n, v) for n, v in found if not _parses(parse, v)]
+            if invalid:
+                found = invalid  # reported below as an invalid value, not a disagreement
+            elif len({parse(v) for _, v in found}) > 1:
+                names_set = " and ".join(n for n, _ in found)
+                problems.append(f"{f.name}: {names_set} disagree; set only one")
+                continue
+            if found:
                 values[f.name], origins[f.name] = (
                     found[0][1],
                     f"environment variable {found[0][0]}",
@@ -438,11 +442,12 @@ def _fields() -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(Settings) if "parse" in f.metadata]
 
 
-def _try(parse: Callable[[Any], Any], value: str) -> Any:
+def _parses(parse: Callable[[Any], Any], value: str) -> bool:
     try:
-        return parse(value)
+        parse(value)
     except ValueError:
-        return value
+        return False
+    return True
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:

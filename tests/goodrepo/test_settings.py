@@ -297,6 +297,13 @@ def test_unreadable_config_file(tmp_path, text, message):
             id="anon-read-variables",
         ),
         pytest.param(
+            {},
+            {"ALLOW_ANON_READ": "maybe", "GOODREPO_ALLOW_ANON_READ": "1"},
+            "allow_anon_read: must be true or false .* got 'maybe' "
+            r"\(from environment variable ALLOW_ANON_READ\)",
+            id="anon-read-one-invalid",
+        ),
+        pytest.param(
             {"admin_password": "admin"}, {}, "admin_password: must be a string", id="admin-short"
         ),
         pytest.param(
