@@ -238,8 +238,10 @@ class GoodrepoApp:
 
     def close(self) -> None:
         """Close the repository and the rate limiter's storage connections (Redis)."""
-        self._ratelimit.close()
-        self.repo.close()
+        try:
+            self._ratelimit.close()
+        finally:
+            self.repo.close()
 
 
 def create_app(
