@@ -34,6 +34,16 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
+def is_unicode_text(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8: False when it holds a lone surrogate (a
+    JSON escape such as ``\\ud800``, or bytes decoded with ``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Field:
     """One field of an entity: how to normalise it and what it must look like after."""

@@ -34,6 +34,7 @@ from importlib import resources
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from ..entities import is_unicode_text
 from ..errors import PasswordPolicyError
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,6 @@ def _utf8(password: str) -> bytes:
     escape such as ``\\ud800``, or undecodable input) is kept as its code, so such a
     text can be compared with, though the policy never lets it become a password."""
     return normalize(password).encode("utf-8", "surrogatepass")
-
-
-def _is_text(password: str) -> bool:
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,7 +119,7 @@ class PasswordPolicy:
         """Every reason ``password`` is refused (empty when it is acceptable)."""
         pw = normalize(password)
         reasons = []
-        if not _is_text(pw):
+        if not is_unicode_text(pw):
             reasons.append("not valid Unicode text (a lone surrogate or undecodable bytes)")
         if len(pw) < self.min_length:
             reasons.append(f"shorter than {self.min_length} characters")

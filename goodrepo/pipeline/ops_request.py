@@ -7,6 +7,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request
 
+from ..entities import is_unicode_text
 from ..errors import Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized, ValidationError
 from ..storage.events import now_iso8601
 from .context import RequestContext
@@ -153,7 +154,7 @@ def _not_json(constant: str) -> Any:
 
 def _has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, str):
-        return not value.isascii() and not _encodes(value)
+        return not value.isascii() and not is_unicode_text(value)
     if isinstance(value, dict):
         return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
@@ -166,14 +167,6 @@ def _lone_surrogate_in(value: Any) -> bool:
         return _has_lone_surrogate(value)
     except RecursionError:  # nested nearly as deep as the decoder goes: refuse it too
         return True
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_json_body(raw: bytes) -> Any:
