@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import InvalidRequest, PayloadTooLarge, StoreError, error_for
 from ..storage.index import scan_page
-from ..storage.kv import dumps
+from ..storage.kv import dumps, loads
 from .context import RequestContext
 from .registry import Arg, Runner, op
 from .runtime import Runtime, compile_overrides
@@ -178,6 +178,47 @@ def _kv_scan(args: dict[str, Any], rt: Runtime) -> Runner:
         prefix = doc.key(ctx, upto=depth)
         rows, nxt = scan_page(rt.kv, prefix, limit=limit.render(ctx), cursor=cursor.render(ctx))
         ctx.set(out, {"items": [value for _, value in rows], "next_cursor": nxt})
+
+    return run
+
+
+@op(
+    "kv.delete_where",
+    kv_write=True,
+    document=_DOC,
+    fields=Arg("strings", required=True),
+    where=Arg("value", required=True),
+    out=Arg("var"),
+)
+def _kv_delete_where(args: dict[str, Any], rt: Runtime) -> Runner:
+    doc = rt.documents[args["document"]]
+    depth = len(args["fields"])
+    if doc.fields[:depth] != list(args["fields"]):
+        raise ValueError("kv.delete_where fields must be the leading fields of the document key")
+    if not isinstance(args["where"], dict) or not args["where"]:
+        raise ValueError("kv.delete_where where must be a non-empty object")
+    where = compile_value(args["where"])
+    out = args.get("out")
+
+    def run(ctx: RequestContext) -> None:
+        txn = _txn(ctx, "kv.delete_where")
+        wanted = where.render(ctx).items()
+
+        def matches(document: Any) -> bool:
+            return isinstance(document, dict) and all(document.get(k) == v for k, v in wanted)
+
+        candidates = [
+            key for key, raw in rt.kv.scan(doc.key(ctx, upto=depth)) if matches(loads(raw))
+        ]
+        deleted = []
+        for key in candidates:
+            # Read again under the key's lock: a concurrent write may have changed it since.
+            current = txn.get_json(key, lock=True)
+            if matches(current):
+                txn.delete(key)
+                deleted.append(current)
+        if out:
+            ctx.set(out, deleted)
 
     return run
 
@@ -386,19 +427,35 @@ EVENT_COUNTERS = {"artifact.published": "publishes"}
     kv_write=True,
     type=Arg("name", required=True, ref="event_type"),
     payload=Arg("value", required=True),
+    for_each=Arg("value"),
+    as_=Arg("var"),
 )
 def _emit(args: dict[str, Any], rt: Runtime) -> Runner:
     type_ = args["type"]
     payload = compile_value(args["payload"])
     counter = EVENT_COUNTERS.get(type_)
+    each = compile_value(args["for_each"]) if "for_each" in args else None
+    name = args.get("as", "item")
 
-    def run(ctx: RequestContext) -> None:
+    def emit(ctx: RequestContext, txn: Any) -> None:
         body = payload.render(ctx)
         if not isinstance(body, dict):
             raise InvalidRequest("an event payload must be an object")
-        txn = _txn(ctx, "emit.event")
         rt.events.emit(txn, type_, body)
         if counter is not None:
             txn.after_commit(lambda: ctx.count(counter))
+
+    def run(ctx: RequestContext) -> None:
+        txn = _txn(ctx, "emit.event")
+        if each is None:
+            emit(ctx, txn)
+            return
+        items = each.render(ctx)
+        if not isinstance(items, list):
+            raise StoreError("emit.event for_each needs a list")
+        for item in items:
+            ctx.set(name, item)
+            emit(ctx, txn)
+        ctx.vars.pop(name, None)
 
     return run

@@ -88,14 +88,17 @@ def op(
     reads_body: bool = False,
     **args: Arg,
 ) -> Callable[[Builder], Builder]:
-    """Register the decorated builder as op ``name`` with the given arguments."""
+    """Register the decorated builder as op ``name`` with the given arguments.
+
+    A trailing underscore names an argument after a Python keyword: ``as_`` is ``as``.
+    """
 
     def register(build: Builder) -> Builder:
         if name in OPS:
             raise RuntimeError(f"op {name} registered twice")
         OPS[name] = OpSpec(
             name=name,
-            args=dict(args),
+            args={key.removesuffix("_"): arg for key, arg in args.items()},
             build=build,
             kv_write=kv_write,
             terminal=terminal,

@@ -312,13 +312,17 @@ def _check_pipeline(
             key_fields = _IDENT.findall(
                 " ".join(_PLACEHOLDER.findall(documents[args["document"]]["key"]))
             )
-            if name == "kv.scan":
+            if name in ("kv.scan", "kv.delete_where"):
                 key_fields = key_fields[: len(args.get("fields", []))]
                 if args.get("fields") != key_fields:
                     problems.add(f"{where}.fields", "must be the leading fields of the key")
             raw_fields = args.get("fields")
             overrides: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
             reads_fields |= {f for f in key_fields if f not in overrides}
+        if name == "kv.delete_where" and not (
+            isinstance(args.get("where"), dict) and args["where"]
+        ):
+            problems.add(f"{where}.where", "must be a non-empty object of field: value")
         if name == "blob.verify_digest" and isinstance(args.get("blob"), str):
             reads_vars.add(args["blob"].lstrip("$"))
             unverified.pop(args["blob"].lstrip("$"), None)
@@ -326,6 +330,8 @@ def _check_pipeline(
             reads_fields |= {t for t, _ in _pairs(args["fields"])}
         if name == "normalize.entity" and arg_ok and "source" not in args:
             reads_fields |= {t for t, _ in _pairs(args["fields"])}
+        if name == "emit.event" and "for_each" in args:
+            reads_vars.discard(args.get("as", "item"))  # bound to each element in turn
         for v in sorted(reads_vars - defined_vars):
             problems.add(where, f"${v} is read before it is defined")
         for f in sorted(reads_fields - defined_fields):

@@ -108,3 +108,45 @@ def test_repository_tag_api(repo: Repository, client: webtest.TestApp) -> None:
     _setup(client)
     repo.tag("acme", "app", "prod", "2.0.0", "linux")
     assert client.get("/v1/acme/app/tags/prod").json["target_version"] == "2.0.0"
+
+
+def test_deleting_an_artifact_deletes_the_tags_that_point_at_it(
+    client: webtest.TestApp, admin: webtest.TestApp, repo: Repository
+) -> None:
+    _setup(client)
+    publish(client, "acme/other/1.0.0/linux", b"c")
+    for tag, version in [("stable", "1.0.0"), ("lts", "1.0.0"), ("next", "2.0.0")]:
+        client.put_json(
+            f"/v1/acme/app/tags/{tag}", {"target_version": version, "target_variant": "linux"}
+        )
+    client.put_json(
+        TAG.replace("app", "other"), {"target_version": "1.0.0", "target_variant": "linux"}
+    )
+    # Even immutable tags: a tag never outlives its target.
+    repo.set_features({"mutable_tags": False})
+    admin.delete("/v1/acme/app/1.0.0/linux", status=204)
+    assert client.get(TAG, status=404).json["error"]["code"] == "NOT_FOUND"
+    assert [t["tag"] for t in client.get("/v1/acme/app/tags").json["tags"]] == ["next"]
+    assert client.get(TAG.replace("app", "other")).json["target_key"] == "acme/other/1.0.0/linux"
+    events = repo.events.read(0, 100)[0]
+    assert [e["type"] for e in events[-3:]] == ["tag.deleted", "tag.deleted", "artifact.deleted"]
+    assert [e["payload"] for e in events[-3:-1]] == [
+        {
+            "namespace": "acme",
+            "name": "app",
+            "tag": tag,
+            "from": "acme/app/1.0.0/linux",
+            "at": events[-1]["payload"]["deleted_at"],
+            "by": "root",
+        }
+        for tag in ("lts", "stable")
+    ]
+    # Other bytes published again at the same coordinates do not bring the tag back.
+    publish(client, "acme/app/1.0.0/linux", b"other bytes")
+    client.get(TAG, status=404)
+    # Nothing to untag: the delete emits its own event only.
+    admin.delete("/v1/acme/app/1.0.0/linux", status=204)
+    assert [e["type"] for e in repo.events.read(0, 100)[0][-2:]] == [
+        "artifact.published",
+        "artifact.deleted",
+    ]

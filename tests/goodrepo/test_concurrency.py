@@ -227,7 +227,50 @@ def test_tag_put_checks_its_target_in_the_transaction_that_writes_the_tag(
     assert racer.ident and not racer.is_alive()
     assert (res.status_code, deleted) == (200, {"status": 204})
     events, _ = repo.events.read(0, 100)
-    assert [e["type"] for e in events] == ["artifact.published", "tag.moved", "artifact.deleted"]
+    assert [e["type"] for e in events] == [
+        "artifact.published",
+        "tag.moved",
+        "tag.deleted",
+        "artifact.deleted",
+    ]
+    assert client_in_thread(repo).get("/v1/acme/app/tags/stable").status_code == 404
+
+
+def test_artifact_delete_keeps_a_tag_moved_away_while_it_looked(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The DELETE finds the tags pointing at its artifact, then locks each one. A tag moved
+    # to another artifact in between is read again under its lock, and kept.
+    repo.publish("acme", "app", "1.0.0", "linux", b"a")
+    repo.publish("acme", "app", "2.0.0", "linux", b"b")
+    repo.tag("acme", "app", "stable", "1.0.0", "linux")
+    url = "/v1/acme/app/tags/stable"
+    moved: dict[str, int] = {}
+    mover = threading.Thread(
+        target=lambda: moved.update(
+            status=client_in_thread(repo)
+            .put(url, json={"target_version": "2.0.0", "target_variant": "linux"})
+            .status_code
+        ),
+        daemon=True,
+    )
+    deleter = threading.current_thread()
+    scan = repo.kv.scan
+
+    def scan_then_move(prefix: bytes, **kwargs: Any) -> Any:
+        yield from scan(prefix, **kwargs)
+        if prefix.endswith(b"tag/acme/app/") and threading.current_thread() is deleter:
+            mover.start()
+            mover.join(timeout=TIMEOUT)
+
+    monkeypatch.setattr(repo.kv, "scan", scan_then_move)
+    res = client_in_thread(repo, ADMIN).delete(f"/v1/{COORDS}")
+    assert (res.status_code, moved) == (204, {"status": 200})
+    monkeypatch.undo()
+    tag = client_in_thread(repo).get(url).get_json()
+    assert tag["target_key"] == "acme/app/2.0.0/linux"
+    events, _ = repo.events.read(0, 100)
+    assert [e["type"] for e in events][-2:] == ["tag.moved", "artifact.deleted"]
 
 
 def test_slow_upload_does_not_block_other_requests(repo: Repository) -> None:

@@ -255,6 +255,24 @@ BROKEN = [
         id="no-response",
     ),
     pytest.param(
+        _call(lambda s: step(s, "delete_artifact", "kv.delete_where").update(where=[])),
+        "$.routes[3].pipeline[",
+        "must be a non-empty object",
+        id="delete-where-not-an-object",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "delete_artifact", "kv.delete_where").update(fields=["name"])),
+        "$.routes[3].pipeline[",
+        "must be the leading fields of the key",
+        id="delete-where-not-leading-fields",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "delete_artifact", "emit.event").pop("for_each")),
+        "$.routes[3].pipeline[",
+        "$untag is read before it is defined",
+        id="each-item-read-without-for-each",
+    ),
+    pytest.param(
         _set("entities.artifact.versioning.scheme", "calver"),
         "$.entities.artifact.versioning.scheme",
         "",
