@@ -31,13 +31,27 @@ from middleware.keys import PRINCIPAL
 
 from . import schema as schema_mod
 from .app import CoreApp
-from .errors import GoodrepoError, InvalidConfig, ValidationError
+from .errors import GoodrepoError, InvalidConfig, StoreError, ValidationError
 from .pipeline import Runtime, Services
 from .pipeline.context import RequestContext
 from .storage.events import EventLog
 from .storage.kv import KV
 
 log = logging.getLogger(__name__)
+
+
+def _make_data_dir(path: Path) -> None:
+    """Create the data directory, for its owner only: it holds the signing keys and the
+    password hashes. ``StoreError`` naming the path when it cannot be one."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError as err:
+        raise StoreError(f"data directory {path}: exists and is not a directory") from err
+    except OSError as err:
+        raise StoreError(f"data directory {path}: cannot create it: {err.strerror}") from err
+    if path.stat().st_mode & 0o077:
+        log.warning("data directory %s is open to other users: chmod 700 it", path)
+
 
 SCHEMA_KEY = b"m:schema"
 
@@ -56,7 +70,7 @@ class Repository:
         schema: dict[str, Any] | str | os.PathLike[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _make_data_dir(self.data_dir)
         self.kv = KV(self.data_dir / "kv")
         self.events = EventLog(self.kv)
         self.services = Services(self.data_dir, self.kv, self.events)

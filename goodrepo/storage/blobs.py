@@ -347,7 +347,7 @@ class BlobStore:
         for _ in range(8):
             path = os.path.join(self._tmp, f"{random.getrandbits(128):032x}{_TEMP_SUFFIX}")
             try:
-                return os.open(path, flags, 0o644), path
+                return os.open(path, flags, 0o600), path
             except FileExistsError:
                 continue
             except FileNotFoundError:

@@ -56,6 +56,17 @@ def loads(raw: bytes | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` readable by its owner only, and make an existing one so: the store
+    holds signing keys and password hashes, and RocksDB's files follow the umask."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError as err:
+        raise StoreError(f"cannot create the KV store directory {path}: {err.strerror}") from err
+
+
 def prefix_end(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
     p = bytearray(prefix)
@@ -123,8 +134,10 @@ class KV:
                     str(self.path), opts, access_type=AccessType.secondary(str(secondary))
                 )
             else:
-                self.path.mkdir(parents=True, exist_ok=True)
+                _make_private_dir(self.path)
                 self._db = Rdict(str(self.path), opts)
+        except StoreError:
+            raise
         except Exception as err:  # rocksdict raises plain Exception for open failures
             raise StoreError(f"cannot open the KV store: {err}") from err
         self._sync = WriteOptions()

@@ -81,6 +81,40 @@ def test_second_open_of_the_same_directory_fails_clearly(tmp_path: Path) -> None
         assert again.latest("acme", "app")["version"] == "1.1.0"  # type: ignore[index]
 
 
+def test_the_data_directory_is_for_its_owner_only(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Repository.open(data) as repo:
+        digest = repo.publish("acme", "app", "1.0.0", "linux", b"x")["digest"]
+    # The KV store holds the signing keys and password hashes.
+    assert (data.stat().st_mode & 0o777, (data / "kv").stat().st_mode & 0o777) == (0o700, 0o700)
+    (blob,) = [p for p in (data / "blobs").rglob(digest.split(":")[1]) if p.is_file()]
+    assert blob.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_existing_open_directory_is_warned_of_and_its_kv_store_made_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    (data / "kv").mkdir(parents=True)
+    os.chmod(data, 0o755)
+    os.chmod(data / "kv", 0o755)
+    with Repository.open(data):
+        pass
+    assert (data / "kv").stat().st_mode & 0o777 == 0o700
+    assert data.stat().st_mode & 0o777 == 0o755  # the operator's directory: only warned of
+    assert any("open to other users" in r.getMessage() for r in caplog.records)
+
+
+def test_a_data_directory_that_cannot_be_one_is_a_clear_store_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_bytes(b"")
+    with pytest.raises(StoreError, match="exists and is not a directory"):
+        Repository.open(a_file)
+    with pytest.raises(StoreError, match="cannot create it: Not a directory"):
+        Repository.open(a_file / "sub")
+    assert a_file.read_bytes() == b""
+
+
 def test_another_process_cannot_open_a_directory_in_use(tmp_path: Path) -> None:
     script = (
         "import sys\n"
