@@ -14,13 +14,12 @@ Usernames never contain ``:``, so ``a:family:<username>:`` is an exact prefix.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..storage.index import b64url_decode, b64url_encode
 from ..storage.kv import KV, loads
 
 USER = b"a:user:"
@@ -87,7 +86,7 @@ def page(
     last: bytes | None = None
     for key, raw in kv.scan(prefix, start=start):
         if len(rows) == limit and last is not None:
-            return rows, _encode_cursor(last[len(prefix) :])
+            return rows, b64url_encode(last[len(prefix) :])
         last = key
         row = render(loads(raw))
         if row is not None:
@@ -95,14 +94,10 @@ def page(
     return rows, None
 
 
-def _encode_cursor(rest: bytes) -> str:
-    return base64.urlsafe_b64encode(rest).decode("ascii").rstrip("=")
-
-
 def _decode_cursor(cursor: str) -> bytes:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except (binascii.Error, ValueError) as err:
+        raw = b64url_decode(cursor)
+    except ValueError as err:
         raise InvalidRequest("malformed cursor") from err
     if not raw or len(raw) > 256 or not raw.isascii() or b":" in raw:
         raise InvalidRequest("malformed cursor")

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -42,10 +41,23 @@ def _tag(scope: bytes) -> bytes:
     return hashlib.sha256(scope).digest()[:4]
 
 
+def b64url_encode(raw: bytes) -> str:
+    """Unpadded base64url, as cursors are written."""
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def b64url_decode(text: str) -> bytes:
+    """The bytes of unpadded base64url text; ``ValueError`` for any other character or a
+    form :func:`b64url_encode` would not write (so one cursor has one spelling)."""
+    raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if b64url_encode(raw) != text:
+        raise ValueError("not canonical unpadded base64url")
+    return raw
+
+
 def encode_cursor(key_suffix: bytes, scope: bytes) -> str:
     """An opaque cursor for the position after ``key_suffix`` in the listing ``scope``."""
-    raw = _tag(scope) + key_suffix
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return b64url_encode(_tag(scope) + key_suffix)
 
 
 def decode_cursor(cursor: str | None, scope: bytes) -> bytes | None:
@@ -53,8 +65,8 @@ def decode_cursor(cursor: str | None, scope: bytes) -> bytes | None:
     if cursor is None or cursor == "":
         return None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except (binascii.Error, ValueError) as err:
+        raw = b64url_decode(cursor)
+    except ValueError as err:
         raise InvalidRequest("cursor is not valid", details={"field": "cursor"}) from err
     if len(raw) <= 4 or len(raw) > 1024 or raw[:4] != _tag(scope):
         raise InvalidRequest("cursor is not valid for this listing", details={"field": "cursor"})

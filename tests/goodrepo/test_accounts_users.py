@@ -195,6 +195,9 @@ def test_list_of_an_empty_store(users):
         pytest.param(10, "!!!", id="cursor-not-base64"),
         pytest.param(10, "", id="cursor-empty"),
         pytest.param(10, "Ym9iOng", id="cursor-with-colon"),
+        pytest.param(10, "d.T.E", id="cursor-outside-the-alphabet"),
+        pytest.param(10, "\xff\xfe", id="cursor-not-ascii"),
+        pytest.param(10, "Ym9i=", id="cursor-padded"),
     ],
 )
 def test_list_rejects_bad_limit_or_cursor(users, limit, cursor):

@@ -230,6 +230,17 @@ def test_cursor_made_for_another_q_is_refused(client: webtest.TestApp) -> None:
     assert err["code"] == "INVALID_REQUEST"
 
 
+def test_a_cursor_with_characters_added_is_refused(client: webtest.TestApp) -> None:
+    for name in ["app-a", "app-b"]:
+        publish(client, f"acme/{name}/1.0.0/linux", b"x")
+    cursor = client.get("/v1/acme/packages?limit=1").json["next_cursor"]
+    client.get(f"/v1/acme/packages?cursor={cursor}")
+    # Base64 decoders skip characters outside the alphabet unless told not to.
+    for spoiled in (cursor[:2] + "." + cursor[2:], cursor + "=", cursor.replace(cursor[-1], "+")):
+        err = client.get(f"/v1/acme/packages?cursor={spoiled}", status=400).json["error"]
+        assert err["code"] == "INVALID_REQUEST", spoiled
+
+
 def _cursor_of(client: webtest.TestApp, url: str) -> str:
     cursor = client.get(url).json["next_cursor"]
     assert cursor
