@@ -91,12 +91,23 @@ class Endpoint:
     any_scope: bool = False  # True: one of ``scopes`` suffices
 
 
-def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...] = str) -> Any:
+def field(body: dict[str, Any], name: str, kind: type = str) -> Any:
     """A required field of a JSON body, of the given type."""
     value = body.get(name)
-    if value is None or not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if value is None:
         raise InvalidRequest(f"{name} is required", details={"field": name})
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise InvalidRequest(f"{name} must be {_JSON_KINDS[kind]}", details={"field": name})
     return value
+
+
+_JSON_KINDS: dict[Any, str] = {
+    str: "a string",
+    int: "a whole number",
+    bool: "true or false",
+    list: "an array",
+    dict: "an object",
+}
 
 
 def json_response(value: Any, status: int = 200) -> Response:

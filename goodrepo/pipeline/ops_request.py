@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from werkzeug.wrappers import Request
@@ -169,12 +170,27 @@ def _lone_surrogate_in(value: Any) -> bool:
         return True
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        raise _DuplicateKey(f"duplicate key {next(k for k, n in counts.items() if n > 1)!r}")
+    return value
+
+
 def parse_json_body(raw: bytes) -> Any:
     """Decode a JSON body; INVALID_REQUEST when it is not JSON (RFC 8259: no ``NaN`` or
-    ``Infinity``), nests too deeply to decode, or escapes a lone surrogate (``\\ud800``,
-    which is no character and cannot be stored or hashed)."""
+    ``Infinity``), nests too deeply to decode, repeats a key in an object (parsers disagree
+    on which one counts), or escapes a lone surrogate (``\\ud800``, which is no character
+    and cannot be stored or hashed)."""
     try:
-        value = json.loads(raw, parse_constant=_not_json)
+        value = json.loads(raw, parse_constant=_not_json, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise InvalidRequest(f"the request body is not valid JSON: {err}") from err
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise InvalidRequest("the request body is not valid JSON") from err
     # Only an escape can make one: UTF-8 input never decodes to a surrogate.
