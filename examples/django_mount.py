@@ -31,11 +31,14 @@ Try it::
       localhost:8080/repo/v1/acme/app/1.0.0/linux-amd64/blob   # Location: /repo/v1/...
     curl -i -H "Authorization: Bearer $TOKEN" 'localhost:8080/repo/v1/acme/app/versions?limit=1'
 
-In an existing project, do the same in its ``wsgi.py``::
+In an existing project, do the same in its ``wsgi.py`` (``create_app`` creates no user;
+on a fresh data directory, ``bootstrap_admin`` creates ``admin`` and returns its generated
+password, or ``None`` when ``GOODREPO_ADMIN_PASSWORD`` gave it or a user exists)::
 
-    application = DispatcherMiddleware(
-        get_wsgi_application(), {"/repo": goodrepo.create_app(data="/var/lib/goodrepo")}
-    )
+    repo = goodrepo.create_app(data="/var/lib/goodrepo")
+    if (password := repo.bootstrap_admin()) is not None:
+        print("goodrepo admin password:", password)
+    application = DispatcherMiddleware(get_wsgi_application(), {"/repo": repo})
 """
 
 from __future__ import annotations

@@ -29,9 +29,13 @@ Try it::
       localhost:8080/repo/v1/acme/app/1.0.0/linux-amd64/blob   # Location: /repo/v1/...
     curl -H "Authorization: Bearer $TOKEN" localhost:8080/repo/v1/acme/app/latest
 
-In your own application the same three lines do it::
+In your own application these lines do it (``create_app`` creates no user; on a fresh data
+directory, ``bootstrap_admin`` creates ``admin`` and returns its generated password, or
+``None`` when ``GOODREPO_ADMIN_PASSWORD`` gave it or a user exists)::
 
     repo = goodrepo.create_app(data="/var/lib/goodrepo")
+    if (password := repo.bootstrap_admin()) is not None:
+        print("goodrepo admin password:", password)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/repo": repo})
     app.extensions["goodrepo"] = repo            # to reach it later: close(), users, ...
 """
