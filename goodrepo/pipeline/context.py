@@ -36,6 +36,7 @@ class RequestContext:
         }
         self.txn: Transaction | None = None
         self.staged: dict[str, StagedBlob] = {}
+        self.verified: list[StagedBlob] = []  # stored by the next txn.commit
         self.cache_tokens: dict[str, Any] = {}
         self.cache_hits: set[str] = set()
 
@@ -60,5 +61,6 @@ class RequestContext:
             self.txn.abort()
         self.txn = None
         for staged in self.staged.values():
-            staged.discard()
+            staged.discard()  # a no-op for one already stored
         self.staged.clear()
+        self.verified.clear()

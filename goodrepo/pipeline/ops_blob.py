@@ -66,9 +66,9 @@ def _blob_verify(args: dict[str, Any], rt: Runtime) -> Runner:
         if staged is None:
             raise StoreError(f"no blob staged as ${name}")
         staged.verify(expected_digest_from_environ(ctx.environ))
-        staged.commit()
-        del ctx.staged[name]
-        ctx.count("blob_bytes_in", staged.size)
+        # Stored by the next txn.commit, once the transaction's checks have passed: a
+        # refused write (409) leaves no blob behind.
+        ctx.verified.append(staged)
         ctx.vars[name]["verified"] = True
 
     return run

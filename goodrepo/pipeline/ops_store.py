@@ -35,7 +35,15 @@ def _begin(args: dict[str, Any], rt: Runtime) -> Runner:
 @op("txn.commit")
 def _commit(args: dict[str, Any], rt: Runtime) -> Runner:
     def run(ctx: RequestContext) -> None:
-        _txn(ctx, "txn.commit").commit()
+        txn = _txn(ctx, "txn.commit")
+        # Verified blobs first, durably in place, so no committed document names a blob
+        # that a crash could take back.
+        blobs, ctx.verified = ctx.verified, []
+        for staged in blobs:
+            staged.commit()
+        txn.commit()
+        for staged in blobs:
+            ctx.count("blob_bytes_in", staged.size)
 
     return run
 

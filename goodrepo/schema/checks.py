@@ -255,6 +255,7 @@ def _check_pipeline(
     defined_fields: set[str] = set()
     in_txn = False
     unverified: dict[str, str] = {}  # blob var -> where it was put
+    unstored: dict[str, str] = {}  # blob var -> where it was verified (txn.commit stores it)
     ended = False
     documents = schema["storage"]["documents"]
     for j, step in enumerate(pipeline):
@@ -326,6 +327,7 @@ def _check_pipeline(
         if name == "blob.verify_digest" and isinstance(args.get("blob"), str):
             reads_vars.add(args["blob"].lstrip("$"))
             unverified.pop(args["blob"].lstrip("$"), None)
+            unstored[args["blob"].lstrip("$")] = where
         if name == "validate.entity" and arg_ok:
             reads_fields |= {t for t, _ in _pairs(args["fields"])}
         if name == "normalize.entity" and arg_ok and "source" not in args:
@@ -358,6 +360,8 @@ def _check_pipeline(
             if not in_txn:
                 problems.add(where, f"{name} without txn.begin")
             in_txn = False
+            if name == "txn.commit" and "when" not in step:
+                unstored.clear()
         elif spec.kv_write and not in_txn:
             problems.add(where, f"{name} writes and must be inside txn.begin ... txn.commit")
         if spec.terminal and "when" not in step:
@@ -367,6 +371,12 @@ def _check_pipeline(
             for var in unverified:
                 problems.add(unverified[var], "blob.put is never followed by blob.verify_digest")
             unverified.clear()
+            for var in unstored:
+                problems.add(
+                    unstored[var],
+                    "blob.verify_digest is never followed by txn.commit, which stores the blob",
+                )
+            unstored.clear()
     if not ended:
         problems.add(f"{path}.pipeline", "the pipeline must end with an unconditional respond op")
 

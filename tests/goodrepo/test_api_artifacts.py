@@ -69,6 +69,15 @@ def test_republish_is_409_with_details(client: webtest.TestApp) -> None:
     assert client.get(f"/v1/{COORDS}/blob").body == b"one"
 
 
+def test_a_refused_publish_stores_no_blob(repo: Repository, client: webtest.TestApp) -> None:
+    publish(client, COORDS, b"one")
+    publish(client, COORDS, b"two", status=409)
+    client.get(f"/v1/blobs/sha256:{sha(b'two')}", status=404)
+    blobs = repo.data_dir / "blobs"
+    files = sorted(p.name for p in blobs.rglob("*") if p.is_file())
+    assert files == [sha(b"one")]  # and nothing left in .tmp
+
+
 def test_overwrite_when_the_feature_allows_it(repo: Repository, client: webtest.TestApp) -> None:
     publish(client, COORDS, b"one")
     repo.set_features({"allow_overwrite_artifacts": True})

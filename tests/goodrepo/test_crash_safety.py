@@ -82,16 +82,12 @@ Response.from_app(repo.wsgi_app(), environ)
 sys.exit(4)  # not reached: the upload never completes
 """
 
-# Hold the artifact's document lock in a transaction, so that the publish commits its
-# blob (rename into place) and then blocks in kv.cas_put, before its metadata commit.
+# Hold the KV store's commit lock, so that the publish stores its blob (rename into place)
+# at txn.commit and then blocks before its batch is written.
 BLOB_COMMITTED = """
 BODY = hashlib.sha256(b"seed").digest() * (MIB // 16)
 HEX = hashlib.sha256(BODY).hexdigest()
-doc = repo.runtime.documents["artifact"]
-key = doc.prefix + doc.template.format(
-    namespace="acme", name="app", version="1.0.0", variant="linux").encode()
-blocker = repo.kv.transaction()
-blocker.lock(key)
+repo.kv._commit_lock.acquire()
 publisher = threading.Thread(
     target=lambda: repo.publish("acme", "app", "1.0.0", "linux", BODY), daemon=True)
 publisher.start()

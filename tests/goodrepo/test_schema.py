@@ -255,6 +255,12 @@ BROKEN = [
         id="no-response",
     ),
     pytest.param(
+        _call(lambda s: step(s, "publish_blob", "txn.commit").update(op="txn.abort")),
+        "$.routes[0].pipeline[",
+        "blob.verify_digest is never followed by txn.commit, which stores the blob",
+        id="verified-blob-never-stored",
+    ),
+    pytest.param(
         _call(lambda s: step(s, "delete_artifact", "kv.delete_where").update(where=[])),
         "$.routes[3].pipeline[",
         "must be a non-empty object",
