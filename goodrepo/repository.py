@@ -32,6 +32,7 @@ from middleware.keys import PRINCIPAL
 from . import schema as schema_mod
 from .app import CoreApp
 from .errors import GoodrepoError, InvalidConfig, StoreError, ValidationError
+from .gc import GarbageCollector
 from .pipeline import Runtime, Services
 from .pipeline.context import RequestContext
 from .storage.events import EventLog
@@ -75,6 +76,7 @@ class Repository:
         self.events = EventLog(self.kv)
         self.services = Services(self.data_dir, self.kv, self.events)
         self._swap_lock = threading.RLock()
+        self._gc = GarbageCollector(self)
         stored = self.kv.get_json(SCHEMA_KEY)
         try:
             if stored is None:
@@ -319,6 +321,10 @@ class Repository:
         return self.runtime.blob_stores[store].open(hex_)
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def gc(self, *, dry_run: bool = False, by: str = "system") -> dict[str, Any]:
+        """Garbage collection: retention, then mark and sweep (see :mod:`goodrepo.gc`)."""
+        return self._gc.run(dry_run=dry_run, by=by)
 
     def check(self) -> None:
         """Health probe: KV read/write and every blob store writable."""

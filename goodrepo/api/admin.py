@@ -1,5 +1,5 @@
-"""The admin endpoints (scope ``admin``): schema, features, users, keys, tokens, RocksDB,
-and the event log (scope ``admin`` or ``replicate``)."""
+"""The admin endpoints (scope ``admin``): schema, features, users, keys, tokens, garbage
+collection, RocksDB, and the event log (scope ``admin`` or ``replicate``)."""
 
 from __future__ import annotations
 
@@ -102,6 +102,7 @@ class AdminEndpoints:
             e("POST", "/admin/tokens", self.create_token, ADMIN),
             e("GET", "/admin/tokens", self.list_tokens, ADMIN),
             e("DELETE", "/admin/tokens/<token_id>", self.revoke_token, ADMIN),
+            e("POST", "/admin/gc", self.gc, ADMIN),
             e("GET", "/rocksdb/stats", self.rocksdb_stats, ADMIN),
             e("GET", "/rocksdb/keys", self.rocksdb_keys, ADMIN),
             e("GET", "/v1/events", self.events, ("admin", "replicate"), any_scope=True),
@@ -252,6 +253,11 @@ class AdminEndpoints:
         self.tokens.revoke_api_token(req.values["token_id"])
         log.info("API token %s revoked by %s", req.values["token_id"], req.sub)
         return 204, None
+
+    # -- garbage collection ------------------------------------------------------------
+
+    def gc(self, req: ApiRequest) -> dict[str, Any]:
+        return self.repo.gc(dry_run=req.bool_arg("dry_run", False), by=req.sub)
 
     # -- RocksDB and events ------------------------------------------------------------
 

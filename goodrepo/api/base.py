@@ -29,7 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..errors import MethodNotAllowed as MethodNotAllowedError
-from ..pipeline.ops_request import parse_json_body, read_body, whole_number
+from ..pipeline.ops_request import flag, parse_json_body, read_body, whole_number
 from ..pipeline.ops_respond import next_link
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,15 @@ class ApiRequest:
         value = parse_json_body(read_body(self.request, MAX_BODY))
         if not isinstance(value, dict):
             raise InvalidRequest("the request body must be a JSON object")
+        return value
+
+    def bool_arg(self, name: str, default: bool) -> bool:
+        raw = self.request.args.get(name)
+        if raw is None or raw == "":
+            return default
+        value = flag(raw)
+        if value is None:
+            raise ValidationError(f"{name} must be true or false", details={"field": name})
         return value
 
     def int_arg(self, name: str, default: int, low: int, high: int) -> int:

@@ -21,6 +21,13 @@ _FALSE = {"false", "0", "no"}
 _MAX_DIGITS = 19  # 2**63 - 1, the largest bound any parameter has, has 19 digits
 
 
+def flag(raw: str) -> bool | None:
+    """``raw`` as a query flag: ``true``/``1``/``yes`` or ``false``/``0``/``no``, in any
+    case; None for anything else."""
+    low = raw.lower()
+    return True if low in _TRUE else False if low in _FALSE else None
+
+
 def whole_number(raw: str) -> int | None:
     """``raw`` as a non-negative int if it is 1 to 19 ASCII digits, else None.
 
@@ -82,12 +89,10 @@ def _query_param(name: str, spec: dict[str, Any], rt: Runtime) -> Any:
     elif kind == "bool":
 
         def conv(raw: str) -> Any:
-            low = raw.lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise bad("must be true or false")
+            value = flag(raw)
+            if value is None:
+                raise bad("must be true or false")
+            return value
 
     elif kind == "cursor":
 

@@ -28,6 +28,7 @@ import random
 import re
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,22 +192,27 @@ class StagedBlob:
         final = store._path_of(self.hex)
         directory = os.path.dirname(final)
         try:
-            try:
-                existing: int | None = os.stat(final).st_size
-            except FileNotFoundError:
-                existing = None
-            if existing == self.size:
-                _unlink_quiet(self._path)
-            else:
-                if existing is not None:
-                    log.warning("replacing blob %s of wrong size %d", self.digest, existing)
-                elif directory not in store._durable_dirs:
-                    store._makedirs(directory)  # likely new: no rename that fails first
+            with store.sweep_lock:
                 try:
-                    os.replace(self._path, final)
-                except FileNotFoundError:  # the blob's directory is new
-                    store._makedirs(directory)
-                    os.replace(self._path, final)
+                    existing: int | None = os.stat(final).st_size
+                    if existing == self.size:
+                        # Kept: touched, so that a sweep spares it for the grace period
+                        # while the document naming it is committed.
+                        os.utime(final)
+                except FileNotFoundError:
+                    existing = None
+                if existing == self.size:
+                    _unlink_quiet(self._path)
+                else:
+                    if existing is not None:
+                        log.warning("replacing blob %s of wrong size %d", self.digest, existing)
+                    elif directory not in store._durable_dirs:
+                        store._makedirs(directory)  # likely new: no rename that fails first
+                    try:
+                        os.replace(self._path, final)
+                    except FileNotFoundError:  # the blob's directory is new
+                        store._makedirs(directory)
+                        os.replace(self._path, final)
             # Also when the blob was there: another put may have renamed it in just now
             # and not yet made that durable.
             store._sync_dirs(directory)
@@ -272,6 +278,9 @@ class BlobStore:
         # Blob directories whose entry in their parent is known to be durable (they are
         # never removed); bounded, and forgetting one only costs a cheap fsync.
         self._durable_dirs: set[str] = set()
+        # Held while a commit looks for its blob and while a sweep removes one, so that a
+        # blob a commit has just found (and touched) is never removed under it.
+        self.sweep_lock = threading.Lock()
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -480,6 +489,24 @@ class BlobStore:
                 match = self._path_re.fullmatch(path.relative_to(self.root).as_posix())
                 if match and self.path_for(match["hex"]) == path:
                     yield f"sha256:{match['hex']}"
+
+    def sweep(self, digest: str, older_than: float, *, dry_run: bool = False) -> int | None:
+        """Remove the blob if its file was last modified before ``older_than`` (a
+        ``time.time()``); return its size if it was (or, with ``dry_run``, would be)
+        removed, else ``None``. A commit that finds the blob touches it first."""
+        path = self.path_for(digest)
+        with self.sweep_lock:
+            try:
+                stat = path.stat()
+                if stat.st_mtime >= older_than:
+                    return None
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:
+                return None
+            except OSError as err:
+                raise StoreError("cannot remove the blob") from err
+        return stat.st_size
 
     def clean_stale_temp(self, min_age_seconds: float = 0.0) -> int:
         """Remove temporary files at least ``min_age_seconds`` old; return how many."""

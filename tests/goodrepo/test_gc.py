@@ -1,0 +1,197 @@
+"""Garbage collection: retention rules, mark and sweep, the grace period, one run at a time."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import webtest
+
+from goodrepo.errors import Conflict
+from goodrepo.gc import GarbageCollector
+from goodrepo.repository import Repository
+
+from .test_stack import bearer, login, make
+
+HOUR = 3600
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def set_gc(repo: Repository, grace: int = 0, **retention: Any) -> None:
+    schema = copy.deepcopy(repo.schema)
+    schema["gc"] = {"grace_period_seconds": grace, "retention": retention}
+    repo.replace_schema(schema)
+
+
+def blob_path(repo: Repository, data: bytes) -> Path:
+    return repo.runtime.blob_stores["primary"].path_for(sha(data))
+
+
+def age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def delete(repo: Repository, coords: str) -> None:
+    namespace, name, version, variant = coords.split("/")
+    repo.call(
+        "delete_artifact",
+        {"namespace": namespace, "name": name, "version": version, "variant": variant},
+    )
+
+
+def events(repo: Repository) -> list[dict[str, Any]]:
+    return repo.events.read(0, 1000)[0]
+
+
+def test_a_blob_nothing_names_is_swept_once_past_the_grace_period(repo: Repository) -> None:
+    repo.publish("acme", "app", "1.0.0", "linux", b"kept")
+    repo.publish("acme", "app", "2.0.0", "linux", b"orphan!")
+    repo.publish("acme", "lib", "1.0.0", "linux", b"kept")  # the same bytes, named twice
+    delete(repo, "acme/app/2.0.0/linux")
+    delete(repo, "acme/lib/1.0.0/linux")
+    set_gc(repo, grace=HOUR)
+
+    report = repo.gc()
+    assert (report["blobs_freed"], report["blobs_in_grace"]) == (0, 1)  # just deleted
+    assert blob_path(repo, b"orphan!").exists()
+
+    age(blob_path(repo, b"orphan!"), 2 * HOUR)
+    age(blob_path(repo, b"kept"), 2 * HOUR)
+    dry = repo.gc(dry_run=True)
+    assert (dry["dry_run"], dry["blobs_freed"], dry["bytes_freed"]) == (True, 1, 7)
+    assert blob_path(repo, b"orphan!").exists()
+
+    report = repo.gc(by="root")
+    assert (report["blobs_freed"], report["bytes_freed"], report["blobs_in_grace"]) == (1, 7, 0)
+    assert not blob_path(repo, b"orphan!").exists()
+    with repo.open_blob(sha(b"kept")) as kept:  # still named by acme/app 1.0.0
+        assert kept.read() == b"kept"
+    assert repo.gc()["blobs_freed"] == 0
+    assert report["versions_removed"] == []  # no retention rule
+
+
+def test_bytes_published_again_while_a_run_marks_are_kept(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run marks before the publish commits. The publish finds the old, unnamed file
+    # and touches it, so the sweep spares it: the new artifact's blob survives.
+    repo.publish("acme", "app", "1.0.0", "linux", b"again")
+    delete(repo, "acme/app/1.0.0/linux")
+    age(blob_path(repo, b"again"), 2 * HOUR)
+    set_gc(repo, grace=HOUR)
+    mark = GarbageCollector._mark
+
+    def mark_then_publish(self: GarbageCollector, *args: Any, **kwargs: Any) -> set[str]:
+        marked = mark(self, *args, **kwargs)
+        repo.publish("acme", "app", "1.0.1", "linux", b"again")
+        return marked
+
+    monkeypatch.setattr(GarbageCollector, "_mark", mark_then_publish)
+    report = repo.gc()
+    assert (report["blobs_freed"], report["blobs_in_grace"]) == (0, 1)
+    with repo.open_blob(sha(b"again")) as blob:
+        assert blob.read() == b"again"
+
+
+def _versions(repo: Repository) -> None:
+    for version, variants in [
+        ("1.0.0", ["linux"]),
+        ("1.1.0", ["linux"]),
+        ("2.0.0", ["linux", "windows"]),
+        ("3.0.0-rc.1", ["linux"]),
+        ("3.0.0", ["linux"]),
+    ]:
+        for variant in variants:
+            repo.publish("acme", "app", version, variant, f"{version}/{variant}".encode())
+    repo.publish("acme", "other", "1.0.0", "linux", b"other")
+    repo.tag("acme", "app", "stable", "1.0.0", "linux")
+
+
+def test_retention_keeps_the_newest_versions_and_the_tagged_ones(repo: Repository) -> None:
+    _versions(repo)
+    set_gc(repo, grace=0, keep_last_versions=2, keep_tagged=True)
+    before = len(events(repo))
+
+    dry = repo.gc(dry_run=True)
+    # Newest first: 3.0.0 and 3.0.0-rc.1 are kept; 1.0.0 is tagged.
+    expected = ["acme/app/2.0.0/windows", "acme/app/2.0.0/linux", "acme/app/1.1.0/linux"]
+    assert (dry["versions_removed"], dry["versions_removed_count"]) == (expected, 3)
+    assert dry["blobs_freed"] == 3
+    assert len(events(repo)) == before
+    assert repo.metadata("acme", "app", "2.0.0", "linux")
+
+    report = repo.gc(by="root")
+    assert report["versions_removed"] == expected and report["blobs_freed"] == 3
+    deleted = [e for e in events(repo)[before:] if e["type"] == "artifact.deleted"]
+    assert [(e["payload"]["version"], e["payload"]["deleted_by"]) for e in deleted] == [
+        ("2.0.0", "root"),
+        ("2.0.0", "root"),
+        ("1.1.0", "root"),
+    ]
+    rows = repo.call("versions", {"namespace": "acme", "name": "app"}).get_json()["versions"]
+    assert [r["version"] for r in rows] == ["3.0.0", "3.0.0-rc.1", "1.0.0"]
+    assert repo.metadata("acme", "other", "1.0.0", "linux")
+    assert repo.gc()["versions_removed_count"] == 0
+
+
+def test_retention_without_keep_tagged_deletes_the_tag_too(repo: Repository) -> None:
+    _versions(repo)
+    set_gc(repo, grace=0, keep_last_versions=3, keep_tagged=False)
+    report = repo.gc()
+    assert report["versions_removed"] == ["acme/app/1.1.0/linux", "acme/app/1.0.0/linux"]
+    assert [e["type"] for e in events(repo)[-3:]] == [
+        "artifact.deleted",
+        "tag.deleted",
+        "artifact.deleted",
+    ]
+
+
+def test_retention_spares_what_is_younger_than_min_age_days(repo: Repository) -> None:
+    _versions(repo)
+    set_gc(repo, grace=0, keep_last_versions=1, min_age_days=1)
+    assert repo.gc()["versions_removed_count"] == 0
+
+
+def test_one_run_at_a_time(repo: Repository) -> None:
+    running = repo._gc._running
+    running.acquire()
+    try:
+        with pytest.raises(Conflict, match="already running"):
+            repo.gc()
+    finally:
+        running.release()
+    assert repo.gc()["ok"] is True
+
+
+def test_post_admin_gc(tmp_path: Path) -> None:
+    app = make(tmp_path)
+    try:
+        web = webtest.TestApp(app)
+        admin = bearer(login(web)["token"])
+        report = web.post("/admin/gc?dry_run=true", headers=admin).json
+        assert report == {
+            "ok": True,
+            "dry_run": True,
+            "versions_removed_count": 0,
+            "versions_removed": [],
+            "blobs_freed": 0,
+            "bytes_freed": 0,
+            "blobs_in_grace": 0,
+            "grace_period_seconds": 3600,
+        }
+        assert web.post("/admin/gc", headers=admin).json["dry_run"] is False
+        err = web.post("/admin/gc?dry_run=maybe", headers=admin, status=400).json["error"]
+        assert (err["code"], err["details"]["field"]) == ("VALIDATION_ERROR", "dry_run")
+        web.post("/admin/gc", status=401)
+        web.get("/admin/gc", headers=admin, status=405)
+    finally:
+        app.close()
