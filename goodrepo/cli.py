@@ -12,6 +12,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -29,6 +30,8 @@ log = logging.getLogger("goodrepo.cli")
 
 DRAIN_SECONDS = 30.0
 MAINTENANCE_SECONDS = 3600.0
+# The settings the options set, named as the user typed them in error messages.
+OPTIONS = {"data": "--data", "host": "--host", "port": "--port", "threads": "--threads"}
 
 EPILOG = """\
 Settings come from defaults, then the TOML file named by --config (or GOODREPO_CONFIG),
@@ -41,7 +44,24 @@ use the admin API of a running server.
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
     from .settings import Settings
 
-    return Settings.load(config_file=args.config, data=args.data, **extra)
+    return Settings.load(
+        config_file=args.config, data=args.data, override_origins=OPTIONS, **extra
+    )
+
+
+def _build(settings: Any) -> Any:
+    """``create_app(settings)``, with any failure that is not a goodrepo error (a library
+    refusing a setting, the system refusing a file) turned into one line."""
+    from .stack import create_app
+
+    try:
+        return create_app(settings)
+    except (GoodrepoError, ConfigurationError):
+        raise  # main() reports these
+    except Exception as err:  # the last stop before a traceback
+        log.debug("building the app failed", exc_info=True)
+        detail = settings.redact(str(err) or type(err).__name__)
+        raise SystemExit(f"goodrepo: cannot start: {detail}") from err
 
 
 def _configure_logging(fmt: str, level: str) -> None:
@@ -86,11 +106,12 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
         # only; waitress would otherwise drop the header before it gets there.
         clear_untrusted_proxy_headers=not settings.trusted_proxies,
     )
+    listeners = _listeners(server)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         stopping.set()
-        server.pull_trigger()
+        listeners[0].pull_trigger()
 
     def housekeeping() -> None:
         while not stopping.wait(MAINTENANCE_SECONDS):
@@ -102,36 +123,54 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
     keeper = threading.Thread(target=housekeeping, name="goodrepo-maintenance", daemon=True)
     keeper.start()
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    host, port = server.effective_host, server.effective_port
-    shown = f"[{host}]" if ":" in str(host) else host
-    print(f"goodrepo {__version__} serving on http://{shown}:{port}", file=out, flush=True)
+    urls = " and ".join(_url(s.effective_host, s.effective_port) for s in listeners)
+    print(f"goodrepo {__version__} serving on {urls}", file=out, flush=True)
+    socket_map = listeners[0]._map  # one map for all the listening sockets
     try:
         while not stopping.is_set():
-            wasyncore.loop(timeout=1.0, map=server._map, count=1)
+            wasyncore.loop(timeout=1.0, map=socket_map, count=1)
         log.info("stopping: no new connections, finishing requests in flight")
-        server.accepting = False
-        server.del_channel()
-        server.socket.close()
+        for listener in listeners:
+            listener.accepting = False
+            listener.del_channel()
+            listener.socket.close()
         deadline = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < deadline and _busy(server):
-            wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        while time.monotonic() < deadline and _busy(listeners):
+            wasyncore.loop(timeout=0.05, map=socket_map, count=1)
     finally:
         stopping.set()
         keeper.join(timeout=5)
         server.task_dispatcher.shutdown(timeout=5)
+        wasyncore.close_all(socket_map)  # the wake-up pipes and any connection left
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("goodrepo stopped", file=out, flush=True)
 
 
-def _busy(server: Any) -> bool:
-    dispatcher = server.task_dispatcher
+def _listeners(server: Any) -> list[Any]:
+    """The listening servers behind what ``waitress.create_server`` returned: itself, or,
+    for a host that resolves to several addresses (``localhost`` to 127.0.0.1 and ::1),
+    one per address, which the returned MultiSocketServer keeps in its socket map."""
+    from waitress.server import BaseWSGIServer
+
+    if isinstance(server, BaseWSGIServer):
+        return [server]
+    return [s for s in server.map.values() if isinstance(s, BaseWSGIServer)]
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+
+
+def _busy(listeners: list[Any]) -> bool:
+    dispatcher = listeners[0].task_dispatcher  # shared by all of them
     if dispatcher.active_count or dispatcher.queue:
         return True
     # A request whose body is still arriving (ch.request) is in flight too.
     return any(
         ch.requests or ch.request is not None or ch.total_outbufs_len
-        for ch in list(server.active_channels.values())
+        for listener in listeners
+        for ch in list(listener.active_channels.values())
     )
 
 
@@ -152,13 +191,11 @@ def _check_address(host: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO) -> int:
-    from .stack import create_app
-
     settings = _settings(args, host=args.host, port=args.port, threads=args.threads)
     _configure_logging(settings.log_format, settings.log_level)
     if serve is run_server:
         _check_address(settings.host, settings.port)
-    app = create_app(settings)
+    app = _build(settings)
     try:
         try:
             app.maintenance()
@@ -181,31 +218,51 @@ def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO)
 # -- users and tokens -------------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace) -> Any:
-    from .stack import create_app
-
+def _open(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The app on the data directory, which must exist unless ``create``."""
     settings = _settings(args)
-    try:
-        return create_app(settings)
-    except StoreError as err:
+    if not create and not settings.data.is_dir():
         raise SystemExit(
-            f"goodrepo: cannot open {settings.data}: {err.message}\n"
-            "(is a server running on it? use its admin API, or stop it first)"
-        ) from err
+            f"goodrepo: no data directory at {settings.data} "
+            "(goodrepo user add or goodrepo serve creates one)"
+        )
+    # These commands serve no requests: no rate-limit storage to connect to.
+    settings = dataclasses.replace(settings, ratelimit_storage="memory://")
+    try:
+        return _build(settings)
+    except StoreError as err:
+        hint = ""
+        if "lock" in err.message.lower():  # RocksDB allows one process per directory
+            hint = "\n(is a server running on it? use its admin API, or stop it first)"
+        raise SystemExit(f"goodrepo: cannot open {settings.data}: {err.message}{hint}") from err
 
 
 def _read_password(args: argparse.Namespace) -> str:
-    if args.password_stdin or not sys.stdin.isatty():
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is None:  # a text stream stands in for stdin
-            return str(sys.stdin.readline()).rstrip("\r\n")
-        # Bytes that are not UTF-8 come through as lone surrogates, which the password
-        # policy then refuses by name, rather than as a decoding traceback.
-        return str(stream.readline().decode("utf-8", "surrogateescape")).rstrip("\r\n")
-    first = getpass.getpass("new password: ")
-    if getpass.getpass("again: ") != first:
-        raise SystemExit("goodrepo: the passwords differ")
-    return first
+    if sys.stdin.isatty():
+        if args.password_stdin:  # one line, as from a pipe, but not shown on the screen
+            return _ask("password: ")
+        first = _ask("new password: ")
+        if _ask("again: ") != first:
+            raise SystemExit("goodrepo: the passwords differ")
+        return first
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream stands in for stdin
+        return str(sys.stdin.readline()).rstrip("\r\n")
+    # Bytes that are not UTF-8 come through as lone surrogates, which the password
+    # policy then refuses by name, rather than as a decoding traceback.
+    return str(stream.readline().decode("utf-8", "surrogateescape")).rstrip("\r\n")
+
+
+def _ask(prompt: str) -> str:
+    """A password typed on the terminal, without echo; Ctrl-D ends the command."""
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt) as err:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # the prompt left the cursor on its line
+        if isinstance(err, KeyboardInterrupt):
+            raise  # main() reports it
+        raise SystemExit("goodrepo: no password given") from None
 
 
 def _scopes(text: str) -> list[str]:
@@ -213,7 +270,7 @@ def _scopes(text: str) -> list[str]:
 
 
 def cmd_user(args: argparse.Namespace, out: TextIO) -> int:
-    app = _open(args)
+    app = _open(args, create=args.action == "add")
     try:
         users = app.users
         if args.action == "add":
@@ -230,6 +287,7 @@ def cmd_user(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"{row['username']}\t{','.join(row['scopes'])}\t{state}", file=out)
             return 0
         elif args.action == "passwd":
+            users.get(args.username)  # NOT_FOUND before asking for the password
             user = users.set_password(args.username, _read_password(args))
             app.tokens.revoke_user_refresh(user["username"])
         elif args.action == "disable":
@@ -345,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin",
         action="store_true",
-        help="read the password from standard input even on a terminal",
+        help="read the password as one line from standard input; on a terminal, asked "
+        "for once, without echo",
     )
     leaf(usub, "list", "List users with their scopes and state")
     passwd = leaf(
@@ -358,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument(
         "--password-stdin",
         action="store_true",
-        help="read the password from standard input even on a terminal",
+        help="read the password as one line from standard input; on a terminal, asked "
+        "for once, without echo",
     )
     disable = leaf(
         usub,
@@ -425,6 +485,9 @@ def main(
     except GoodrepoError as err:
         print(f"goodrepo: {err.code}: {err.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C at a prompt, or before serve handles SIGINT itself
+        print("goodrepo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

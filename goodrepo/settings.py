@@ -15,10 +15,14 @@ Usage::
     settings.port            # 9000
     settings.origins["port"] # "keyword argument port"
     Settings.describe()      # the table docs/configuration.md is written from
+
+A front end can say where its overrides came from: ``Settings.load(port=9000,
+override_origins={"port": "--port"})`` reports a bad port as ``(from --port)``.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import ipaddress
 import logging
@@ -28,7 +32,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import limits
 
@@ -51,6 +55,14 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 _STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
 _ONE_YEAR = 365 * DAY
+# Redis URL query parameters that carry a password (redis-py's, and the sentinel's).
+_PASSWORD_PARAM = re.compile(r"((?:^|[&;])[^=&;]*password=)[^&;]*", re.IGNORECASE)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for an error message, cut short: a value may be huge."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 # -- value parsers: each takes a raw value (text from the environment, or a TOML or
@@ -62,10 +74,18 @@ def _text(optional: bool = False, pattern: str = r"[\x21-\x7e]{1,256}") -> Calla
         if value is None and optional:
             return None
         if not isinstance(value, str) or not re.fullmatch(pattern, value.strip()):
-            raise ValueError(f"must be printable text without spaces, got {value!r}")
+            raise ValueError(f"must be printable text without spaces, got {_shown(value)}")
         return value.strip()
 
     return parse
+
+
+def _password(value: Any) -> Any:
+    # The length and the rest of the password policy are checked with the other
+    # settings, since they depend on password_min_length.
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
 
 
 def _secret(min_length: int) -> Callable[[Any], Any]:
@@ -82,9 +102,12 @@ def _secret(min_length: int) -> Callable[[Any], Any]:
 def _integer(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            value = int(value)
+            try:
+                value = int(value)
+            except ValueError:  # more digits than int() converts: out of range anyway
+                pass
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
+            raise ValueError(f"must be an integer from {low} to {high}, got {_shown(value)}")
         return value
 
     return parse
@@ -96,7 +119,7 @@ def _boolean(value: Any) -> bool:
     text = value.strip().lower() if isinstance(value, str) else None
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
-    raise ValueError(f"must be true or false (also 1/0, yes/no, on/off), got {value!r}")
+    raise ValueError(f"must be true or false (also 1/0, yes/no, on/off), got {_shown(value)}")
 
 
 def _listing(item: Callable[[str], str]) -> Callable[[Any], tuple[str, ...]]:
@@ -105,7 +128,7 @@ def _listing(item: Callable[[str], str]) -> Callable[[Any], tuple[str, ...]]:
             value = value.split(",")
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ValueError(
-                f"must be a comma-separated string or a list of strings, got {value!r}"
+                f"must be a comma-separated string or a list of strings, got {_shown(value)}"
             )
         return tuple(dict.fromkeys(item(v.strip()) for v in value if v.strip()))
 
@@ -122,10 +145,15 @@ def _network(text: str) -> str:
 def _origin(text: str) -> str:
     if text == "*":
         return text
-    parts = urlsplit(text)
+    try:
+        parts = _split_url(text)
+    except ValueError:
+        parts = None
     if (
-        parts.scheme.lower() not in ("http", "https")
+        parts is None
+        or parts.scheme.lower() not in ("http", "https")
         or not parts.hostname
+        or not re.fullmatch(r"[\x21-\x7e]+", parts.netloc)  # no spaces, ASCII only
         or parts.username is not None
         or parts.path not in ("", "/")
         or parts.query
@@ -141,14 +169,14 @@ def _rate(value: Any) -> str:
     except ValueError:
         items = []
     if len(items) != 1 or items[0].amount < 1:
-        raise ValueError(f"must be one rate limit such as '5/minute', got {value!r}")
+        raise ValueError(f"must be one rate limit such as '5/minute', got {_shown(value)}")
     return str(value).strip()
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if not isinstance(value, str) or value.strip().lower() not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+            raise ValueError(f"must be one of {', '.join(choices)}, got {_shown(value)}")
         return value.strip().lower()
 
     return parse
@@ -161,7 +189,7 @@ def _size(value: Any) -> int:
     if match is None:
         raise ValueError(
             f"must be a number of bytes, optionally with a unit (B, KB, MB, GB, TB, KiB, "
-            f"MiB, GiB, TiB), got {value!r}"
+            f"MiB, GiB, TiB), got {_shown(value)}"
         )
     return int(match[1]) * _UNITS[(match[2] or "b").lower()]
 
@@ -169,7 +197,27 @@ def _size(value: Any) -> int:
 def _storage(value: Any) -> str:
     if not isinstance(value, str) or not value.strip().startswith(_STORAGE_SCHEMES):
         raise ValueError(f"must start with one of {', '.join(_STORAGE_SCHEMES)}")
-    return value.strip()
+    uri = value.strip()
+    scheme = uri.split("://", 1)[0]
+    if scheme == "memory":
+        return uri
+    # The messages never quote the value: it may hold a password.
+    several = scheme in ("redis+sentinel", "redis+cluster")
+    try:
+        parts = urlsplit(uri)
+        hosts = parts.netloc.rpartition("@")[2]
+        locations = hosts.split(",") if several else [hosts]
+        addresses = [_split_url(f"//{location.strip()}") for location in locations]
+    except ValueError:
+        raise ValueError(
+            "is not a valid URL: a port must be a number from 0 to 65535, an IPv6 address "
+            "must be written in [ ]"
+        ) from None
+    if several and any(not a.hostname or a.port is None for a in addresses):
+        raise ValueError(f"must name every server as host:port: {scheme}://h1:port,h2:port/...")
+    if scheme == "redis+sentinel" and not parts.path.strip("/"):
+        raise ValueError("must end with the service name: redis+sentinel://host:port/name")
+    return uri
 
 
 def _path(optional: bool = False, must_exist: bool = False) -> Callable[[Any], Path | None]:
@@ -177,7 +225,7 @@ def _path(optional: bool = False, must_exist: bool = False) -> Callable[[Any], P
         if value is None and optional:
             return None
         if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-            raise ValueError(f"must be a path, got {value!r}")
+            raise ValueError(f"must be a path, got {_shown(value)}")
         path = Path(str(value).strip()).expanduser()
         if must_exist and not path.is_file():
             raise ValueError(f"{str(path)!r} is not a readable file")
@@ -187,9 +235,17 @@ def _path(optional: bool = False, must_exist: bool = False) -> Callable[[Any], P
 
 
 def _hsts(value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()):
-        return _ONE_YEAR if _boolean(value) else 0
-    return _integer(0, 2 * _ONE_YEAR)(value)
+    try:
+        if isinstance(value, bool) or (
+            isinstance(value, str) and not re.fullmatch(r"\s*[+-]?\d+\s*", value)
+        ):
+            return _ONE_YEAR if _boolean(value) else 0
+        return _integer(0, 2 * _ONE_YEAR)(value)
+    except ValueError:
+        raise ValueError(
+            f"must be true, false or a max-age in seconds, an integer from 0 to "
+            f"{2 * _ONE_YEAR}, got {_shown(value)}"
+        ) from None
 
 
 def _setting(
@@ -211,7 +267,7 @@ class Settings:
     data: Path = _setting("./data", _path(), "Data directory: the KV store and blobs.")
     admin_password: str | None = _setting(
         None,
-        _secret(8),
+        _password,
         "Password of the `admin` user created on a data directory without users; when "
         "unset a password is generated and printed once. Ignored once a user exists, but "
         "still checked against the password policy when set.",
@@ -314,7 +370,7 @@ class Settings:
     def __post_init__(self) -> None:
         problems = []
         for f in _fields():
-            where = self.origins.get(f.name, "default")
+            where = self._origin_of(f.name)
             try:
                 object.__setattr__(self, f.name, f.metadata["parse"](getattr(self, f.name)))
             except ValueError as err:
@@ -342,12 +398,20 @@ class Settings:
             policy = PasswordPolicy(min_length=self.password_min_length)
             reasons = policy.check(self.admin_password, "admin")
             if reasons:
-                where = self.origins.get("admin_password", "default")
+                where = self._origin_of("admin_password")
                 problems.append(
                     f"admin_password: rejected by the password policy: {'; '.join(reasons)} "
                     f"(from {where})"
                 )
         return problems
+
+    def _origin_of(self, name: str) -> str:
+        """Where the value of setting ``name`` came from, for messages. ``load`` records
+        it; a value that is not the default was given to ``Settings(...)`` directly."""
+        if name in self.origins:
+            return self.origins[name]
+        default = next(f.default for f in _fields() if f.name == name)
+        return "default" if getattr(self, name) == default else f"keyword argument {name}"
 
     # -- loading -----------------------------------------------------------------------
 
@@ -357,12 +421,15 @@ class Settings:
         *,
         config_file: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        override_origins: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> Settings:
         """Merge defaults < TOML file < environment < ``overrides`` and validate.
 
         ``config_file`` defaults to ``$GOODREPO_CONFIG``; ``env`` to ``os.environ``.
         Overrides whose value is None are ignored (convenient for unset CLI options).
+        ``override_origins`` names where an override came from (``{"port": "--port"}``),
+        for ``origins`` and the error messages; by default ``keyword argument NAME``.
         Raises :class:`~goodrepo.errors.ConfigurationError` listing every problem.
         """
         env = os.environ if env is None else env
@@ -403,10 +470,11 @@ class Settings:
         for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in env_names):
             log.warning("ignoring unknown environment variable %s", name)
         for key, value in overrides.items():
+            where = (override_origins or {}).get(key, f"keyword argument {key}")
             if key not in known:
-                problems.append(unknown(key, f"keyword argument {key}"))
+                problems.append(unknown(key, where))
             elif value is not None:
-                values[key], origins[key] = value, f"keyword argument {key}"
+                values[key], origins[key] = value, where
         if problems:
             raise ConfigurationError("\n".join(problems))
         return cls(**values, origins=origins)
@@ -437,6 +505,15 @@ class Settings:
             out[f.name] = list(value) if isinstance(value, tuple) else _plain(value)
         return out
 
+    def redact(self, text: str) -> str:
+        """``text`` with the value of every secret setting in it hidden as in :meth:`as_dict`,
+        for messages from libraries that may quote a setting (a Redis URL) whole."""
+        shown = self.as_dict()
+        for name, value in self.as_dict(redact=False).items():
+            if isinstance(value, str) and value != shown[name]:
+                text = text.replace(value, str(shown[name]))
+        return text
+
 
 def _fields() -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(Settings) if "parse" in f.metadata]
@@ -451,13 +528,30 @@ def _parses(parse: Callable[[Any], Any], value: str) -> bool:
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    where = f"config file {os.fspath(path)}"
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read()
     except OSError as err:
-        raise ConfigurationError(f"config file {os.fspath(path)}: {err.strerror}") from err
+        raise ConfigurationError(f"{where}: {err.strerror or err}") from err
+    try:
+        # Some editors start a UTF-8 file with a byte order mark; TOML has no use for it.
+        text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigurationError(f"{where}: not UTF-8 text (line {line})") from err
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigurationError(f"config file {os.fspath(path)}: invalid TOML: {err}") from err
+        raise ConfigurationError(f"{where}: invalid TOML: {err}") from err
+
+
+def _split_url(text: str) -> SplitResult:
+    """``urlsplit(text)`` with the port checked too, which ``urlsplit`` leaves until it is
+    asked for: ValueError for an unclosed "[" or a port that is not from 0 to 65535."""
+    parts = urlsplit(text)
+    _ = parts.port
+    return parts
 
 
 def _plain(value: Any) -> Any:
@@ -474,6 +568,10 @@ def _render(value: Any) -> str:
 
 def _redact_url(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, _PASSWORD_PARAM.sub(r"\1***", parts.query)
+    if parts.password is not None:
+        userinfo, _, hosts = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

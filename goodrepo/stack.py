@@ -15,6 +15,10 @@ Order, outermost first, and why:
 7. auth — verifies the bearer token and puts the principal in the environ;
 8. the accounts and admin endpoints, then the schema's routes (the core).
 
+Before any of it, :func:`create_app` reads and validates ``schema_file`` and only then
+opens (or creates) the data directory, so that a schema file that cannot be read or is
+rejected leaves nothing behind.
+
 Usage::
 
     app = create_app(data="./data", allow_anon_read=True)
@@ -41,11 +45,20 @@ from middleware.ratelimit import RateLimitMiddleware, Rule
 from middleware.request_id import RequestIDMiddleware
 from middleware.security_headers import SecurityHeadersMiddleware
 
+from . import schema as schema_mod
 from .accounts import KeyRing, LoginThrottle, PasswordPolicy, TokenService, Users
 from .api.admin import MAX_SCHEMA_BYTES, AdminEndpoints
 from .api.auth import AuthEndpoints
 from .api.base import ApiRequest, Endpoint, JsonApi
-from .errors import Forbidden, GoodrepoError, StoreError, Unauthorized, UserExists
+from .errors import (
+    ConfigurationError,
+    Forbidden,
+    GoodrepoError,
+    InvalidConfig,
+    StoreError,
+    Unauthorized,
+    UserExists,
+)
 from .repository import Repository
 from .settings import Settings
 
@@ -259,14 +272,17 @@ def create_app(
     Settings come from ``settings`` if given, else from defaults < ``config_file`` (TOML)
     < ``GOODREPO_*`` environment variables (``env``, default ``os.environ``) <
     ``overrides``. ``repository`` defaults to
-    ``Repository.open(settings.data, schema=settings.schema_file)``. ``registry`` is the
-    Prometheus registry (a fresh one by default).
+    ``Repository.open(settings.data, schema=settings.schema_file)``, with the schema file
+    read and validated first: :class:`~goodrepo.errors.ConfigurationError` when it cannot
+    be read, :class:`~goodrepo.errors.InvalidConfig` naming it when it is rejected, and no
+    data directory is created then. ``registry`` is the Prometheus registry (a fresh one by
+    default).
     """
     if settings is None:
         settings = Settings.load(config_file=config_file, env=env, **overrides)
     elif overrides or config_file or env is not None:
         raise TypeError("pass either settings or config_file/overrides, not both")
-    repo = repository or Repository.open(settings.data, schema=settings.schema_file)
+    repo = repository or Repository.open(settings.data, schema=_seed_schema(settings))
     try:
         return GoodrepoApp(
             settings, repo, registry or CollectorRegistry(), password_hasher=password_hasher
@@ -275,3 +291,21 @@ def create_app(
         if repository is None:
             repo.close()
         raise
+
+
+def _seed_schema(settings: Settings) -> dict[str, Any] | None:
+    """The validated schema of ``settings.schema_file`` (None for the built-in one)."""
+    path = settings.schema_file
+    if path is None:
+        return None
+    try:
+        return schema_mod.load_file(path)
+    except OSError as err:
+        raise ConfigurationError(
+            f"schema_file: cannot read {path}: {err.strerror or err}"
+        ) from err
+    except InvalidConfig as err:
+        count = len(err.problems)
+        raise InvalidConfig(
+            err.problems, f"schema file {path} rejected with {count} problem(s)"
+        ) from err

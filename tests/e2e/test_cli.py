@@ -4,17 +4,25 @@ serve function."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
 import os
+import re
+import select
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,22 +37,27 @@ CLI_TIMEOUT = 60
 
 
 def goodrepo(
-    *args: str, data: Path | None = None, stdin: str = "", cwd: Path | None = None
+    *args: str,
+    data: Path | None = None,
+    stdin: str = "",
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``goodrepo ARGS [--data DATA]`` in a subprocess; bounded in time. It runs in
-    the data directory's parent (or the temporary directory), never in the checkout."""
+    """Run ``goodrepo ARGS [--data DATA]`` in a subprocess, with the settings ``env`` on
+    top of the test defaults; bounded in time. It runs in the data directory's parent (or
+    the temporary directory), never in the checkout."""
     argv = [sys.executable, "-m", "goodrepo.cli", *args]
     if data is not None:
         argv += ["--data", str(data)]
-    env = server_env(data or Path("unused-data"))
-    env.pop("GOODREPO_DATA")
+    environ = server_env(data or Path("unused-data"), env)
+    environ.pop("GOODREPO_DATA")
     return subprocess.run(
         argv,
         input=stdin,
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT,
-        env=env,
+        env=environ,
         cwd=cwd or (data.parent if data is not None else tempfile.gettempdir()),
     )
 
@@ -56,6 +69,70 @@ def ok(done: subprocess.CompletedProcess[str]) -> str:
 
 def default_schema() -> Path:
     return Path(str(resources.files("goodrepo.schema").joinpath("default.json")))
+
+
+# Makes the pseudo-terminal on its standard streams the controlling terminal of the new
+# session, so that Ctrl-C and Ctrl-D typed on it act as on a real one, then runs goodrepo.
+_ON_A_TERMINAL = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'goodrepo.cli', *sys.argv[1:]])"
+)
+
+
+class Terminal:
+    """``goodrepo ARGS --data DATA`` run on a pseudo-terminal, as a person at a terminal
+    runs it: ``wait_for`` what it shows, ``type`` keys, ``finish`` for the exit code and
+    everything the terminal showed (echoed keys included)."""
+
+    def __init__(self, *args: str, data: Path) -> None:
+        controller, terminal = os.openpty()
+        env = server_env(data)
+        env.pop("GOODREPO_DATA")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _ON_A_TERMINAL, *args, "--data", str(data)],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env=env,
+            cwd=data.parent,
+            start_new_session=True,
+        )
+        os.close(terminal)
+        self.controller = controller
+        self.screen = ""
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.controller], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.controller, 4096)
+        except OSError:  # EIO: the process has exited and closed the terminal
+            chunk = b""
+        self.screen += chunk.decode("utf-8", "replace")
+        return bool(chunk)
+
+    def wait_for(self, text: str) -> None:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while text not in self.screen and time.monotonic() < deadline:
+            if not self._read(0.1) and self.process.poll() is not None:
+                break
+        assert text in self.screen, self.screen
+
+    def type(self, keys: str) -> None:
+        os.write(self.controller, keys.encode())
+
+    def finish(self) -> tuple[int, str]:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        try:
+            while time.monotonic() < deadline and self._read(0.1):
+                pass
+            return self.process.wait(timeout=max(0.0, deadline - time.monotonic())), self.screen
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            os.close(self.controller)
 
 
 # -- users and tokens -------------------------------------------------------------------
@@ -160,6 +237,109 @@ def test_a_password_that_is_not_utf8_is_refused_by_name(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert b"PASSWORD_POLICY" in done.stderr and b"not valid Unicode text" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_user_and_token_commands_refuse_a_data_directory_that_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    typo = tmp_path / "dtaa"
+    for args in (("user", "list"), ("user", "disable", "alice"), ("token", "list")):
+        done = goodrepo(*args, data=typo)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == (
+            f"goodrepo: no data directory at {typo} "
+            "(goodrepo user add or goodrepo serve creates one)\n"
+        )
+    assert not typo.exists()
+
+
+def test_a_data_path_that_cannot_be_a_directory_is_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    for data, why in (
+        (a_file, "exists and is not a directory"),
+        (a_file / "d", "Not a directory"),
+    ):
+        for args in (("user", "add", "alice", "--scopes", "read"), ("serve", "--port", "0")):
+            done = goodrepo(*args, data=data, stdin="a fine long passphrase\n", cwd=tmp_path)
+            assert done.returncode == 1, done.stderr
+            assert why in done.stderr and "server running" not in done.stderr, done.stderr
+            assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_user_commands_connect_to_no_rate_limit_storage(tmp_path: Path) -> None:
+    with socket.socket() as redis_node:  # stands for a Redis cluster node: it must not hear
+        redis_node.bind(("127.0.0.1", 0))
+        redis_node.listen()
+        redis_node.setblocking(False)
+        storage = {"GOODREPO_RATELIMIT_STORAGE": f"redis+cluster://{redis_node.getsockname()[0]}"}
+        storage["GOODREPO_RATELIMIT_STORAGE"] += f":{redis_node.getsockname()[1]}"
+        data = tmp_path / "data"
+        ok(goodrepo("user", "add", "alice", data=data, stdin=ALICE_PASSWORD + "\n", env=storage))
+        assert ok(goodrepo("user", "list", data=data, env=storage)).startswith("alice\t")
+        with pytest.raises(BlockingIOError):
+            redis_node.accept()
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "goodrepo.toml"
+    config.write_bytes(b"port = 1\n# \xff\n")
+    done = goodrepo("user", "list", "--config", str(config), data=tmp_path / "data")
+    assert done.returncode == 2
+    assert (
+        done.stderr == f"goodrepo: configuration: config file {config}: not UTF-8 text (line 2)\n"
+    )
+
+
+# -- passwords typed on a terminal ------------------------------------------------------------
+
+
+def test_a_password_is_asked_for_twice_without_echo(tmp_path: Path) -> None:
+    term = Terminal("user", "add", "erin", data=tmp_path / "data")
+    term.wait_for("new password: ")
+    term.type(ALICE_PASSWORD + "\n")
+    term.wait_for("again: ")
+    term.type(ALICE_PASSWORD + "\n")
+    code, screen = term.finish()
+    assert code == 0, screen
+    assert '"username": "erin"' in screen and ALICE_PASSWORD not in screen
+
+
+def test_password_stdin_on_a_terminal_reads_one_line_without_echo(tmp_path: Path) -> None:
+    term = Terminal("user", "add", "erin", "--password-stdin", data=tmp_path / "data")
+    term.wait_for("password: ")
+    term.type(ALICE_PASSWORD + "\n")
+    code, screen = term.finish()
+    assert code == 0, screen
+    assert '"username": "erin"' in screen and ALICE_PASSWORD not in screen
+    assert "again" not in screen
+
+
+@pytest.mark.parametrize(
+    ("key", "code", "message"),
+    [
+        pytest.param("\x03", 130, "goodrepo: interrupted", id="ctrl-c"),
+        pytest.param("\x04", 1, "goodrepo: no password given", id="ctrl-d"),
+    ],
+)
+def test_ctrl_c_or_ctrl_d_at_the_password_prompt_ends_in_one_line(
+    tmp_path: Path, key: str, code: int, message: str
+) -> None:
+    term = Terminal("user", "add", "erin", data=tmp_path / "data")
+    term.wait_for("new password: ")
+    term.type(key)
+    exit_code, screen = term.finish()
+    assert exit_code == code, screen
+    assert screen.split("new password: ", 1)[1].strip() == message, screen
+    assert "erin" not in ok(goodrepo("user", "list", data=tmp_path / "data"))
+
+
+def test_passwd_of_an_unknown_user_asks_for_no_password(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ok(goodrepo("user", "add", "alice", data=data, stdin=ALICE_PASSWORD + "\n"))
+    code, screen = Terminal("user", "passwd", "nobody", data=data).finish()
+    assert code == 1 and "NOT_FOUND" in screen
+    assert "password:" not in screen
 
 
 def test_user_list_while_a_server_holds_the_directory(server: Any) -> None:
@@ -355,7 +535,8 @@ def test_main_serve_refuses_bad_settings_before_serving(
     fake = FakeServe()
     code = main(["serve", "--data", str(tmp_path / "data"), *argv], serve=fake, out=io.StringIO())
     assert code == 2 and fake.calls == []
-    assert f"{setting}:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{setting}:" in err and f"(from --{setting})" in err
 
 
 @pytest.mark.parametrize(
@@ -381,3 +562,111 @@ def test_main_check_schema_and_version_in_process(
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("goodrepo ")
+
+
+def test_main_serve_names_a_rejected_schema_file_and_creates_nothing(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"entities": 5}')
+    monkeypatch.setenv("GOODREPO_SCHEMA_FILE", str(schema))
+    fake = FakeServe()
+    data = tmp_path / "data"
+    assert main(["serve", "--data", str(data)], serve=fake, out=io.StringIO()) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"goodrepo: schema file {schema} rejected with "), first
+    assert fake.calls == [] and not data.exists()
+
+
+def test_main_serve_turns_a_failure_to_build_the_app_into_one_line(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Valid as a URL, refused by the Redis client when the stack is built.
+    storage = "redis://:hunter2hunter2@127.0.0.1:1/0?socket_timeout=abc"
+    monkeypatch.setenv("GOODREPO_RATELIMIT_STORAGE", storage)
+    fake = FakeServe()
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--data", str(tmp_path / "data")], serve=fake, out=io.StringIO())
+    message = str(exc.value.code)
+    assert message.startswith("goodrepo: cannot start: ") and "socket_timeout" in message
+    assert "\n" not in message and "hunter2" not in message
+    assert fake.calls == []
+
+
+def test_main_serve_interrupted_before_serving_exits_130(
+    tmp_path: Path, clean_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(app: Any, settings: Any, out: Any) -> None:
+        raise KeyboardInterrupt  # Ctrl-C before serve handles SIGINT itself
+
+    data = tmp_path / "data"
+    try:
+        code = main(["serve", "--data", str(data)], serve=interrupted, out=io.StringIO())
+    except KeyboardInterrupt:  # not to end the test session
+        pytest.fail("the interrupt escaped main()")
+    assert code == 130
+    err = capsys.readouterr().err  # the log lines, then the message
+    assert err.endswith("\ngoodrepo: interrupted\n") and "Traceback" not in err
+    fake = FakeServe()  # the directory was closed on the way out
+    assert main(["serve", "--data", str(data)], serve=fake, out=io.StringIO()) == 0
+
+
+def test_serve_on_a_host_with_two_addresses_listens_on_both(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that resolves to an IPv4 and an IPv6 address, as ``localhost`` does on many
+    machines, makes waitress listen on both. Only the resolver is replaced, so that the
+    name resolves so here too; the real server runs and is stopped as by Ctrl-C."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback address")
+    resolve = socket.getaddrinfo
+
+    def dual_stack(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "dual-stack.test":
+            return resolve("127.0.0.1", port, *args, **kwargs) + resolve(
+                "::1", port, *args, **kwargs
+            )
+        return resolve(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", dual_stack)
+    out = io.StringIO()
+    served = threading.Event()
+    statuses: dict[str, int] = {}
+
+    def client() -> None:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while "serving on" not in out.getvalue():
+            if served.is_set() or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        try:
+            for url in re.findall(r"http://\S+", out.getvalue().split("serving on", 1)[1]):
+                address = urlsplit(url)
+                conn = http.client.HTTPConnection(
+                    str(address.hostname), address.port, timeout=CLI_TIMEOUT
+                )
+                try:
+                    conn.request("GET", "/health")
+                    statuses[url] = conn.getresponse().status
+                finally:
+                    conn.close()
+        finally:
+            if not served.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    argv = ["serve", "--data", str(tmp_path / "data"), "--host", "dual-stack.test", "--port", "0"]
+    try:
+        assert main(argv, out=out) == 0
+    finally:
+        served.set()
+        thread.join()
+    assert re.search(
+        r"serving on http://127\.0\.0\.1:\d+ and http://\[::1\]:\d+\n", out.getvalue()
+    )
+    assert sorted(statuses.values()) == [200, 200], statuses
+    assert out.getvalue().endswith("goodrepo stopped\n")

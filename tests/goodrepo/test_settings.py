@@ -119,6 +119,19 @@ def test_none_keyword_is_ignored():
             "redis+sentinel://h:26379/mymaster",
             id="sentinel",
         ),
+        pytest.param(
+            "ratelimit_storage",
+            "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
+            "redis+sentinel://:pw@h1:26379,h2:26379/mymaster",
+            id="sentinels",
+        ),
+        pytest.param(
+            "ratelimit_storage",
+            "redis+cluster://h1:7000, [::1]:7001",
+            "redis+cluster://h1:7000, [::1]:7001",
+            id="cluster",
+        ),
+        pytest.param("ratelimit_storage", "rediss://[::1]/0", "rediss://[::1]/0", id="redis-ipv6"),
         pytest.param("min_free_disk", "0", 0, id="disk-off"),
         pytest.param("min_free_disk", "2GB", 2 * 10**9, id="disk-gb"),
         pytest.param("min_free_disk", "512 MiB", 512 * 2**20, id="disk-mib"),
@@ -205,7 +218,12 @@ def test_toml_typed_values(tmp_path):
         pytest.param("jwt_issuer", "has space", "printable text", id="issuer-space"),
         pytest.param("host", "a b", "printable text", id="host-space"),
         pytest.param("metrics_token", "short", "at least 16", id="metrics-token-short"),
-        pytest.param("hsts", "sometimes", "true or false", id="hsts-word"),
+        pytest.param("port", "9" * 5000, "integer from 0 to 65535", id="port-5000-digits"),
+        pytest.param("cors_origins", "http://exa mple.com", "not an origin", id="origin-space"),
+        pytest.param("cors_origins", "http://[::1", "'http://[::1' is not", id="origin-ipv6"),
+        pytest.param("cors_origins", "http://x.test:http", "not an origin", id="origin-port"),
+        pytest.param("hsts", "sometimes", "true, false or a max-age", id="hsts-word"),
+        pytest.param("hsts", "-1", "true, false or a max-age in seconds", id="hsts-negative"),
         pytest.param("hsts", str(3 * 365 * 86400), "integer from 0", id="hsts-high"),
     ],
 )
@@ -217,6 +235,28 @@ def test_bad_environment_values_name_the_setting_and_the_variable(name, text, me
     assert text_of_error.startswith(f"{name}: ")
     assert message in text_of_error
     assert f"(from environment variable {var})" in text_of_error
+    assert len(text_of_error) < 300  # a huge value is not repeated whole
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("redis://u:pw@cache:notaport", "port must be a number", id="port-text"),
+        pytest.param("redis://:pw@cache:99999", "from 0 to 65535", id="port-high"),
+        pytest.param("rediss://:pw@[::1", "IPv6 address must be written in [ ]", id="ipv6"),
+        pytest.param("redis+sentinel://u:pw@h", "every server as host:port", id="no-port"),
+        pytest.param("redis+sentinel://u:pw@h:26379", "the service name", id="no-service"),
+        pytest.param("redis+cluster://:pw@h1:7000,h2", "host:port", id="cluster-no-port"),
+    ],
+)
+def test_bad_storage_urls_name_the_setting_and_never_the_password(url, message):
+    var = "GOODREPO_RATELIMIT_STORAGE"
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.load(env={var: url})
+    text = str(caught.value)
+    assert text.startswith("ratelimit_storage: ") and message in text
+    assert f"(from environment variable {var})" in text
+    assert "pw" not in text
 
 
 @pytest.mark.parametrize(
@@ -243,6 +283,16 @@ def test_bad_keyword_value_names_the_argument():
         Settings.load(env={}, port=-1)
 
 
+def test_override_origins_name_where_the_overrides_came_from():
+    where = {"port": "--port", "prot": "--prot"}
+    with pytest.raises(ConfigurationError, match=r"port: .* \(from --port\)"):
+        Settings.load(env={}, port=99999, override_origins=where)
+    with pytest.raises(ConfigurationError, match=r"prot: unknown setting \(from --prot\)"):
+        Settings.load(env={}, prot=1, override_origins=where)
+    s = Settings.load(env={}, port=9000, threads=2, override_origins=where)
+    assert s.origins == {"port": "--port", "threads": "keyword argument threads"}
+
+
 def test_unknown_file_key_lists_the_valid_ones(tmp_path):
     path = write(tmp_path, "prot = 8080\n")
     with pytest.raises(ConfigurationError) as caught:
@@ -263,13 +313,25 @@ def test_unknown_keyword():
     [
         pytest.param("port = ", "invalid TOML", id="syntax"),
         pytest.param(None, "No such file", id="missing"),
+        pytest.param(b"port = 1\n# \xff\n", r"not UTF-8 text \(line 2\)", id="not-utf8"),
     ],
 )
 def test_unreadable_config_file(tmp_path, text, message):
-    path = tmp_path / "goodrepo.toml" if text is None else write(tmp_path, text)
+    path = tmp_path / "goodrepo.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        write(tmp_path, text)
     with pytest.raises(ConfigurationError, match=message) as caught:
         Settings.load(config_file=path, env={})
-    assert str(path) in str(caught.value)
+    assert str(caught.value).startswith(f"config file {path}: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_config_file_may_start_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "goodrepo.toml"
+    path.write_bytes(b"\xef\xbb\xbfport = 1234\n")
+    assert Settings.load(config_file=path, env={}).port == 1234
 
 
 @pytest.mark.parametrize(
@@ -304,7 +366,19 @@ def test_unreadable_config_file(tmp_path, text, message):
             id="anon-read-one-invalid",
         ),
         pytest.param(
-            {"admin_password": "admin"}, {}, "admin_password: must be a string", id="admin-short"
+            {"admin_password": "admin"},
+            {},
+            "admin_password: rejected by the password policy: shorter than 12 characters",
+            id="admin-short",
+        ),
+        pytest.param(
+            {"admin_password": "pale-orchid-4410"},  # 16 characters
+            {"GOODREPO_PASSWORD_MIN_LENGTH": "20"},
+            "shorter than 20 characters",
+            id="admin-below-min-length-from-env",
+        ),
+        pytest.param(
+            {"admin_password": 12345678}, {}, "admin_password: must be a string", id="admin-int"
         ),
         pytest.param(
             {"admin_password": "password1234"},
@@ -340,8 +414,10 @@ def test_every_problem_is_listed():
 
 
 def test_direct_construction_is_validated():
-    with pytest.raises(ConfigurationError, match=r"port: .* \(from default\)"):
+    with pytest.raises(ConfigurationError, match=r"port: .* \(from keyword argument port\)"):
         Settings(port=99999)
+    with pytest.raises(ConfigurationError, match=r"\(from keyword argument admin_password\)"):
+        Settings(admin_password="password1234")
 
 
 def test_unknown_goodrepo_variables_only_warn(caplog):
@@ -375,6 +451,31 @@ def test_secrets_stay_out_of_repr_and_redacted_views():
     assert shown["ratelimit_storage"] == "redis://:***@cache:6379/0"
     assert s.as_dict(redact=False)["admin_password"] == STRONG
     assert shown["data"] == "data" and shown["cors_origins"] == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param("redis://u:s3cret@h/0", "redis://u:***@h/0", id="userinfo"),
+        pytest.param("redis://h/0?password=s3cret", "redis://h/0?password=***", id="query"),
+        pytest.param(
+            "redis+sentinel://h:26379/m?sentinel_password=s3cret&socket_timeout=2",
+            "redis+sentinel://h:26379/m?sentinel_password=***&socket_timeout=2",
+            id="sentinel-query",
+        ),
+        pytest.param(
+            "rediss://:s3cret@h1:1?Password=s3cret",
+            "rediss://:***@h1:1?Password=***",
+            id="both",
+        ),
+        pytest.param("redis://cache:6379/0", "redis://cache:6379/0", id="none"),
+        pytest.param("memory://", "memory://", id="memory"),
+    ],
+)
+def test_storage_passwords_are_hidden_wherever_the_url_has_them(url, shown):
+    s = Settings.load(env={}, ratelimit_storage=url)
+    assert s.as_dict()["ratelimit_storage"] == shown
+    assert s.redact(f"cannot connect to {url}") == f"cannot connect to {shown}"
 
 
 def test_frozen():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ import webtest
 from argon2 import PasswordHasher
 from prometheus_client import CollectorRegistry
 
+from goodrepo import schema as schema_mod
+from goodrepo.errors import ConfigurationError, InvalidConfig
 from goodrepo.stack import GoodrepoApp, create_app
 
 PASSWORD = "a long enough owner passphrase"
@@ -534,3 +539,41 @@ def test_password_change_and_disabling_end_access_tokens(web: webtest.TestApp) -
         headers=bearer(fresh),
     )
     web.get("/v1/acme/app/latest", headers=bearer(fresh), status=401)
+
+
+def test_a_rejected_schema_file_is_named_and_leaves_no_data_directory(tmp_path: Path) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"entities": 5}')
+    with pytest.raises(InvalidConfig) as caught:
+        make(tmp_path, schema_file=str(schema))
+    assert caught.value.message.startswith(f"schema file {schema} rejected with ")
+    assert caught.value.problems
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_schema_file_that_cannot_be_read_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text("{}")
+
+    def refuse(path: Any) -> Any:  # what a file without read permission does
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(schema_mod, "load_file", refuse)
+    with pytest.raises(ConfigurationError) as caught:
+        make(tmp_path, schema_file=str(schema))
+    assert str(caught.value) == f"schema_file: cannot read {schema}: Permission denied"
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_schema_file_seeds_a_fresh_data_directory(tmp_path: Path) -> None:
+    custom = schema_mod.default_schema()
+    custom["description"] = "from the schema file"
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(custom))
+    app = make(tmp_path, schema_file=str(schema))
+    try:
+        assert app.repo.schema["description"] == "from the schema file"
+    finally:
+        app.close()
