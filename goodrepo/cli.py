@@ -35,9 +35,9 @@ OPTIONS = {"data": "--data", "host": "--host", "port": "--port", "threads": "--t
 
 EPILOG = """\
 Settings come from defaults, then the TOML file named by --config (or GOODREPO_CONFIG),
-then GOODREPO_* environment variables, then the options given here. The user and token
-commands open the data directory themselves: run them while the server is stopped, or
-use the admin API of a running server.
+then GOODREPO_* environment variables, then the options given here. The user, token
+and gc commands open the data directory themselves: run them while the server is
+stopped, or use the admin API of a running server.
 """
 
 
@@ -332,6 +332,15 @@ def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
         app.close()
 
 
+def cmd_gc(args: argparse.Namespace, out: TextIO) -> int:
+    app = _open(args)
+    try:
+        print(json.dumps(app.repo.gc(dry_run=args.dry_run, by="goodrepo gc")), file=out)
+        return 0
+    finally:
+        app.close()
+
+
 def cmd_check_schema(args: argparse.Namespace, out: TextIO) -> int:
     from . import schema as schema_mod
 
@@ -450,6 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = leaf(tsub, "revoke", "Revoke an API token by id, with immediate effect")
     revoke.add_argument("id", help="the token's id, as create and list show it")
 
+    gc = common(
+        sub.add_parser(
+            "gc",
+            help="garbage-collect blobs and apply retention",
+            description="Apply the schema's retention rules (gc.retention), then remove "
+            "the blobs no artifact names that are older than gc.grace_period_seconds; "
+            "print the report as JSON. Run it while the server is stopped, or use "
+            "POST /admin/gc on a running server.",
+        )
+    )
+    gc.add_argument(
+        "--dry-run", action="store_true", help="report what would be removed; change nothing"
+    )
+
     check = sub.add_parser(
         "check-schema",
         help="validate a schema file",
@@ -475,6 +498,8 @@ def main(
             return cmd_user(args, out)
         if args.command == "token":
             return cmd_token(args, out)
+        if args.command == "gc":
+            return cmd_gc(args, out)
         return cmd_check_schema(args, out)
     except ConfigurationError as err:
         print(f"goodrepo: configuration: {err}", file=sys.stderr)

@@ -4,6 +4,7 @@ serve function."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import json
@@ -382,10 +383,39 @@ def test_check_schema_lists_problems_with_json_paths(tmp_path: Path) -> None:
     assert absent.returncode == 1 and "absent.json" in absent.stdout
 
 
+# -- gc -------------------------------------------------------------------------------------
+
+
+def test_gc_reports_then_removes_a_blob_nothing_names(tmp_path: Path) -> None:
+    from goodrepo.repository import Repository
+
+    data = tmp_path / "data"
+    with Repository.open(data) as repo:
+        repo.publish("acme", "app", "1.0.0", "linux", b"kept")
+        repo.publish("acme", "app", "2.0.0", "linux", b"deleted")
+        repo.call(
+            "delete_artifact",
+            {"namespace": "acme", "name": "app", "version": "2.0.0", "variant": "linux"},
+        )
+        orphan = repo.runtime.blob_stores["primary"].path_for(
+            "sha256:" + hashlib.sha256(b"deleted").hexdigest()
+        )
+    old = time.time() - 2 * 3600
+    os.utime(orphan, (old, old))
+    dry = json.loads(ok(goodrepo("gc", "--dry-run", data=data)))
+    assert (dry["dry_run"], dry["blobs_freed"], dry["bytes_freed"]) == (True, 1, 7)
+    assert orphan.exists()
+    done = json.loads(ok(goodrepo("gc", data=data)))
+    assert (done["dry_run"], done["blobs_freed"]) == (False, 1)
+    assert not orphan.exists()
+    missing = goodrepo("gc", data=tmp_path / "nothing-here")
+    assert missing.returncode == 1 and "no data directory" in missing.stderr
+
+
 # -- --help ---------------------------------------------------------------------------------
 
 HELP = [
-    ((), ["serve", "user", "token", "check-schema", "GOODREPO_"]),
+    ((), ["serve", "user", "token", "gc", "check-schema", "GOODREPO_"]),
     (("serve",), ["--data", "--host", "--port", "--config", "--threads", "SIGTERM"]),
     (("user",), ["add", "list", "passwd", "disable", "scopes", "password"]),
     (("user", "add"), ["username", "--scopes", "--password-stdin"]),
@@ -397,6 +427,7 @@ HELP = [
     (("token", "create"), ["--owner", "--name", "--scopes", "--expires-in"]),
     (("token", "list"), ["--data"]),
     (("token", "revoke"), ["id"]),
+    (("gc",), ["--dry-run", "--data", "retention", "grace_period_seconds"]),
     (("check-schema",), ["file", "problem"]),
 ]
 
