@@ -145,6 +145,10 @@ def _network(text: str) -> str:
 def _origin(text: str) -> str:
     if text == "*":
         return text
+    if "*" in text:
+        raise ValueError(
+            f"{text!r}: an origin has no wildcards; list each one (or \"*\" for any origin)"
+        )
     try:
         parts = _split_url(text)
     except ValueError:

@@ -222,6 +222,7 @@ def test_toml_typed_values(tmp_path):
         pytest.param("cors_origins", "http://exa mple.com", "not an origin", id="origin-space"),
         pytest.param("cors_origins", "http://[::1", "'http://[::1' is not", id="origin-ipv6"),
         pytest.param("cors_origins", "http://x.test:http", "not an origin", id="origin-port"),
+        pytest.param("cors_origins", "https://*.x.test", "no wildcards", id="origin-wildcard"),
         pytest.param("hsts", "sometimes", "true, false or a max-age", id="hsts-word"),
         pytest.param("hsts", "-1", "true, false or a max-age in seconds", id="hsts-negative"),
         pytest.param("hsts", str(3 * 365 * 86400), "integer from 0", id="hsts-high"),
