@@ -7,12 +7,15 @@ A run has three steps, each safe while the repository serves:
    ``keep_last_versions`` (by the index's version order; all variants of a kept version are
    kept) are deleted through the schema's ``delete_artifact`` route, so each deletion
    emits its events and cascades as any other. ``keep_tagged`` spares artifacts a tag
-   points at; ``min_age_days`` spares those created more recently.
+   points at; ``min_age_days`` spares those created more recently. Each artifact is read
+   first (``get_artifact``) and deleted only if it is still that document (``If-Match``)
+   and, with ``keep_tagged``, untagged (``?unless_tagged=true``): both are checked in the
+   delete's transaction, so a tag or a new document that arrives meanwhile wins.
 2. **Mark**: every ``blob_digest`` of every document of the schema's KV stores.
 3. **Sweep**: every blob of every blob store that nothing marked and whose file is older
-   than ``gc.grace_period_seconds`` is removed. A publish stores (or, when the bytes are
-   already there, touches) its blob just before committing the document that names it,
-   so the grace period covers a publish that commits after the mark.
+   than ``gc.grace_period_seconds`` is removed. A publish dates its blob when it stores it
+   (or touches it, when the bytes are already there) just before committing the document
+   that names it, so the grace period covers a publish that commits after the mark.
 
 A dry run reports what a run would remove and changes nothing. One run at a time per
 repository; another is ``Conflict``.
@@ -28,11 +31,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, GoodrepoError, NotFound, PreconditionFailed
 from .storage.kv import loads
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+READ_ROUTE = "get_artifact"
 DELETE_ROUTE = "delete_artifact"
 TAG_DOCUMENT = "tag"
 LISTED = 1000  # versions named in a report; the count is always whole
@@ -69,12 +75,19 @@ class GarbageCollector:
         gc = runtime.schema.get("gc", {})
         grace = gc.get("grace_period_seconds", 3600)
         started = time.time()
-        removed = self._retention(runtime, gc.get("retention", {}), dry_run, by)
-        marked = self._mark(runtime, skip={key for key, _ in removed} if dry_run else set())
+        removed, errors = self._retention(runtime, gc.get("retention", {}), dry_run, by)
+        marked = _mark(runtime)
+        if dry_run:  # as if retention had deleted its artifacts
+            marked.subtract(digest for _, digest in removed)
         blobs = freed = in_grace = 0
+        roots: set[Path] = set()
         for store in runtime.blob_stores.values():
+            root = store.root.resolve()
+            if root in roots:
+                continue  # two stores on one root hold the same files
+            roots.add(root)
             for digest in store.iter_digests():
-                if digest in marked:
+                if marked[digest] > 0:
                     continue
                 size = store.sweep(digest, started - grace, dry_run=dry_run)
                 if size is None:
@@ -82,16 +95,6 @@ class GarbageCollector:
                 else:
                     blobs += 1
                     freed += size
-        report = {
-            "ok": True,
-            "dry_run": dry_run,
-            "versions_removed_count": len(removed),
-            "versions_removed": [key for key, _ in removed[:LISTED]],
-            "blobs_freed": blobs,
-            "bytes_freed": freed,
-            "blobs_in_grace": in_grace,
-            "grace_period_seconds": grace,
-        }
         log.info(
             "garbage collection%s by %s: %d version(s), %d blob(s), %d byte(s)",
             " (dry run)" if dry_run else "",
@@ -100,32 +103,36 @@ class GarbageCollector:
             blobs,
             freed,
         )
-        return report
-
-    # -- retention ---------------------------------------------------------------------
+        return {
+            "ok": True,
+            "dry_run": dry_run,
+            "versions_removed_count": len(removed),
+            "versions_removed": [key for key, _ in removed[:LISTED]],
+            "retention_errors": errors,
+            "blobs_freed": blobs,
+            "bytes_freed": freed,
+            "blobs_in_grace": in_grace,
+            "grace_period_seconds": grace,
+        }
 
     def _retention(
         self, runtime: Runtime, rules: dict[str, Any], dry_run: bool, by: str
-    ) -> list[tuple[str, dict[str, str]]]:
-        """The artifacts retention removes (removed unless ``dry_run``): ``(key, values)``."""
+    ) -> tuple[list[tuple[str, str]], int]:
+        """The artifacts retention removes (removed unless ``dry_run``), as ``(key, blob
+        digest)``, and how many it could not remove for an error (each one logged)."""
         keep = rules.get("keep_last_versions")
         if keep is None:
-            return []
-        if DELETE_ROUTE not in runtime.routes:
-            raise Conflict(
-                f"retention deletes through a {DELETE_ROUTE} route; the schema has none"
-            )
-        tagged = self._tag_targets(runtime) if rules.get("keep_tagged", True) else set()
-        min_age = timedelta(days=rules.get("min_age_days", 0))
-        cutoff = (datetime.now(timezone.utc) - min_age).isoformat(timespec="milliseconds")
-        cutoff = cutoff.replace("+00:00", "Z")
-        principal: dict[str, Any] = {
-            "sub": by,
-            "scopes": ["admin"],
-            "token_id": None,
-            "claims": {},
-        }
-        removed = []
+            return [], 0
+        if READ_ROUTE not in runtime.routes or DELETE_ROUTE not in runtime.routes:
+            raise Conflict(f"retention works through the routes {READ_ROUTE} and {DELETE_ROUTE}")
+        keep_tagged = rules.get("keep_tagged", True)
+        tagged = _tag_targets(runtime) if keep_tagged else set()
+        min_age = rules.get("min_age_days", 0)
+        cutoff = datetime.now(timezone.utc) - timedelta(days=min_age)
+        oldest = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        principal: dict[str, Any] = {"sub": by, "scopes": ["admin"], "token_id": None}
+        removed: list[tuple[str, str]] = []
+        errors = 0
         for index in runtime.indexes.values():
             for group in _groups(index):
                 for row in _beyond(index, group, keep):
@@ -133,48 +140,58 @@ class GarbageCollector:
                     values[index.version_field] = row[index.version_field]
                     values[index.variant_field] = row[index.variant_field]
                     key = "/".join(values.values())
-                    if key in tagged or str(row.get("created_at", "")) > cutoff:
+                    if key in tagged:
                         continue
-                    if not dry_run:
-                        try:
-                            self.repo.call(DELETE_ROUTE, values, principal=principal)
-                        except NotFound:
-                            continue  # deleted meanwhile
-                    removed.append((key, values))
-        return removed
+                    try:
+                        current = self.repo.call(READ_ROUTE, values, principal=principal)
+                        meta = current.get_json()
+                        if not isinstance(meta, dict):
+                            meta = {}
+                        created = meta.get("created_at")
+                        if min_age and not (isinstance(created, str) and created <= oldest):
+                            continue
+                        if not dry_run:
+                            self.repo.call(
+                                DELETE_ROUTE,
+                                values,
+                                query={"unless_tagged": "true" if keep_tagged else "false"},
+                                headers={"If-Match": current.headers.get("ETag", "")},
+                                principal=principal,
+                            )
+                    except (NotFound, PreconditionFailed, Conflict):
+                        continue  # deleted, replaced or tagged meanwhile
+                    except GoodrepoError as err:
+                        errors += 1
+                        log.warning("retention could not remove %s: %s", key, err.message)
+                        continue
+                    removed.append((key, str(meta.get("blob_digest"))))
+        return removed, errors
 
-    def _tag_targets(self, runtime: Runtime) -> set[str]:
-        doc = runtime.documents.get(TAG_DOCUMENT)
-        if doc is None:
-            return set()
-        prefix = doc.prefix + doc.template.split("{", 1)[0].encode("ascii")
-        targets = set()
+
+def _tag_targets(runtime: Runtime) -> set[str]:
+    """What the tags point at, read up front so that tagged artifacts cost no request and
+    a dry run's figures are right; the delete checks again in its transaction."""
+    doc = runtime.documents.get(TAG_DOCUMENT)
+    if doc is None:
+        return set()
+    prefix = doc.prefix + doc.template.split("{", 1)[0].encode("ascii")
+    targets = set()
+    for _, raw in runtime.kv.scan(prefix):
+        value = loads(raw)
+        if isinstance(value, dict) and isinstance(value.get("target_key"), str):
+            targets.add(value["target_key"])
+    return targets
+
+
+def _mark(runtime: Runtime) -> Counter[str]:
+    """How many documents name each blob digest."""
+    marked: Counter[str] = Counter()
+    for prefix in {doc.prefix for doc in runtime.documents.values()}:
         for _, raw in runtime.kv.scan(prefix):
             value = loads(raw)
-            if isinstance(value, dict) and isinstance(value.get("target_key"), str):
-                targets.add(value["target_key"])
-        return targets
-
-    # -- mark --------------------------------------------------------------------------
-
-    def _mark(self, runtime: Runtime, skip: set[str]) -> set[str]:
-        """Every blob digest a document names (documents in ``skip``, by artifact key,
-        left out: what a dry run's retention would have deleted)."""
-        marked: set[str] = set()
-        for prefix in {doc.prefix for doc in runtime.documents.values()}:
-            for _, raw in runtime.kv.scan(prefix):
-                value = loads(raw)
-                if not isinstance(value, dict):
-                    continue
-                digest = value.get("blob_digest")
-                if isinstance(digest, str) and _artifact_key(value) not in skip:
-                    marked.add(digest)
-        return marked
-
-
-def _artifact_key(value: dict[str, Any]) -> str:
-    parts = (value.get(f) for f in ("namespace", "name", "version", "variant"))
-    return "/".join(p if isinstance(p, str) else "" for p in parts)
+            if isinstance(value, dict) and isinstance(value.get("blob_digest"), str):
+                marked[value["blob_digest"]] += 1
+    return marked
 
 
 def _groups(index: VersionIndex, parent: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

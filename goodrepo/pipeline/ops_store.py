@@ -464,6 +464,6 @@ def _emit(args: dict[str, Any], rt: Runtime) -> Runner:
         for item in items:
             ctx.set(name, item)
             emit(ctx, txn)
-        ctx.vars.pop(name, None)
+        ctx.vars.pop(name, None)  # the checker keeps it a name of its own
 
     return run

@@ -32,7 +32,7 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PRINCIPAL = re.compile(r"principal((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 
-CONDITIONS = ("equals", "is_null", "is_not_null", "is_empty", "not_in")
+CONDITIONS = ("equals", "is_null", "is_not_null", "is_empty", "is_not_empty", "not_in")
 
 
 class TemplateError(ValueError):
@@ -183,12 +183,13 @@ def compile_condition(spec: Any) -> Template:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise TemplateError(f"a condition is an object with one of {', '.join(CONDITIONS)}")
     ((kind, arg),) = spec.items()
-    if kind in ("is_null", "is_not_null", "is_empty"):
+    if kind in ("is_null", "is_not_null", "is_empty", "is_not_empty"):
         t = compile_value(arg)
         test = {
             "is_null": lambda v: v is None,
             "is_not_null": lambda v: v is not None,
             "is_empty": _is_empty,
+            "is_not_empty": lambda v: not _is_empty(v),
         }[kind]
         return Template(lambda ctx: test(t.render(ctx)), vars=t.vars, fields=t.fields)
     if kind in ("equals", "not_in"):

@@ -333,7 +333,12 @@ def _check_pipeline(
         if name == "normalize.entity" and arg_ok and "source" not in args:
             reads_fields |= {t for t, _ in _pairs(args["fields"])}
         if name == "emit.event" and "for_each" in args:
-            reads_vars.discard(args.get("as", "item"))  # bound to each element in turn
+            item = args.get("as", "item")
+            reads_vars.discard(item)  # bound to each element in turn
+            if item in defined_vars:
+                problems.add(
+                    f"{where}.as", f"${item} is already a variable; name the element anew"
+                )
         for v in sorted(reads_vars - defined_vars):
             problems.add(where, f"${v} is read before it is defined")
         for f in sorted(reads_fields - defined_fields):

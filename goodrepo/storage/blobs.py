@@ -52,6 +52,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Held while a commit looks for its blob and stores or touches it, and while a sweep
+# removes one: a blob a commit has just found is never removed under it. One lock for the
+# process, whatever BlobStore object (a schema swap makes new ones, and two stores may
+# share a root) each side holds.
+_SWEEP_LOCK = threading.Lock()
+
 DEFAULT_PATH_TEMPLATE = "sha256/{digest:0:2}/{digest:2:2}/{digest}"
 TEMP_DIR = ".tmp"
 _DURABLE_DIRS_KEPT = 1 << 17
@@ -192,7 +198,7 @@ class StagedBlob:
         final = store._path_of(self.hex)
         directory = os.path.dirname(final)
         try:
-            with store.sweep_lock:
+            with _SWEEP_LOCK:
                 try:
                     existing: int | None = os.stat(final).st_size
                     if existing == self.size:
@@ -208,6 +214,9 @@ class StagedBlob:
                         log.warning("replacing blob %s of wrong size %d", self.digest, existing)
                     elif directory not in store._durable_dirs:
                         store._makedirs(directory)  # likely new: no rename that fails first
+                    # Dated now, not when the upload ended: the grace period of garbage
+                    # collection starts here.
+                    os.utime(self._path)
                     try:
                         os.replace(self._path, final)
                     except FileNotFoundError:  # the blob's directory is new
@@ -278,9 +287,6 @@ class BlobStore:
         # Blob directories whose entry in their parent is known to be durable (they are
         # never removed); bounded, and forgetting one only costs a cheap fsync.
         self._durable_dirs: set[str] = set()
-        # Held while a commit looks for its blob and while a sweep removes one, so that a
-        # blob a commit has just found (and touched) is never removed under it.
-        self.sweep_lock = threading.Lock()
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -495,7 +501,7 @@ class BlobStore:
         ``time.time()``); return its size if it was (or, with ``dry_run``, would be)
         removed, else ``None``. A commit that finds the blob touches it first."""
         path = self.path_for(digest)
-        with self.sweep_lock:
+        with _SWEEP_LOCK:
             try:
                 stat = path.stat()
                 if stat.st_mtime >= older_than:

@@ -150,3 +150,29 @@ def test_deleting_an_artifact_deletes_the_tags_that_point_at_it(
         "artifact.published",
         "artifact.deleted",
     ]
+
+
+def test_a_delete_unless_tagged_refuses_a_tagged_artifact_and_changes_nothing(
+    client: webtest.TestApp, admin: webtest.TestApp, repo: Repository
+) -> None:
+    _setup(client)
+    client.put_json(TAG, {"target_version": "1.0.0", "target_variant": "linux"})
+    before = len(repo.events.read(0, 100)[0])
+    res = admin.delete("/v1/acme/app/1.0.0/linux?unless_tagged=true", status=409)
+    assert res.json["error"]["code"] == "CONFLICT"
+    assert client.get(TAG).json["target_version"] == "1.0.0"
+    assert len(repo.events.read(0, 100)[0]) == before
+    admin.delete("/v1/acme/app/2.0.0/linux?unless_tagged=true", status=204)
+    admin.delete("/v1/acme/app/1.0.0/linux?unless_tagged=maybe", status=400)
+
+
+def test_a_delete_with_if_match_deletes_only_that_document(
+    client: webtest.TestApp, admin: webtest.TestApp
+) -> None:
+    _setup(client)
+    etag = client.get("/v1/acme/app/1.0.0/linux").headers["ETag"]
+    other = client.get("/v1/acme/app/2.0.0/linux").headers["ETag"]
+    res = admin.delete("/v1/acme/app/1.0.0/linux", headers={"If-Match": other}, status=412)
+    assert res.json["error"]["code"] == "PRECONDITION_FAILED"
+    client.get("/v1/acme/app/1.0.0/linux")
+    admin.delete("/v1/acme/app/1.0.0/linux", headers={"If-Match": etag}, status=204)

@@ -701,3 +701,36 @@ def test_parse_template_static() -> None:
     assert BlobStore.parse_template("{digest}") == (((0, 64),),)
     with pytest.raises(ValueError, match="path_template"):
         BlobStore.parse_template("../{digest}")
+
+
+def test_a_stored_blob_is_dated_when_it_is_stored(store: BlobStore) -> None:
+    # Garbage collection's grace period counts from the commit, not from the upload.
+    staged = store.put_stream(io.BytesIO(b"late"))
+    long_ago = time.time() - 7200
+    os.utime(staged.path, (long_ago, long_ago))
+    path = store.path_for(staged.commit())
+    assert path.stat().st_mtime > time.time() - 60
+
+
+def test_a_commit_waits_for_a_sweep_of_any_store_on_the_same_files(tmp_path: Path) -> None:
+    first, second = BlobStore(tmp_path / "blobs"), BlobStore(tmp_path / "blobs")
+    digest = first.put_stream(io.BytesIO(HELLO)).commit()
+    long_ago = time.time() - 7200
+    os.utime(first.path_for(digest), (long_ago, long_ago))
+    staged = second.put_stream(io.BytesIO(HELLO))
+    done = threading.Event()
+
+    def commit() -> None:
+        staged.commit()
+        done.set()
+
+    assert first.sweep(digest, time.time() - 3600, dry_run=True) == len(HELLO)
+    with blobs._SWEEP_LOCK:  # as a sweep through ``first`` holds it while it decides
+        committer = threading.Thread(target=commit, daemon=True)
+        committer.start()
+        assert not done.wait(0.2)
+    committer.join(timeout=10)
+    assert done.is_set()
+    # The commit touched the blob: a sweep now spares it.
+    assert first.sweep(digest, time.time() - 3600) is None
+    assert first.path_for(digest).read_bytes() == HELLO

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import webtest
 
+from goodrepo import gc as gc_mod
 from goodrepo.errors import Conflict
-from goodrepo.gc import GarbageCollector
 from goodrepo.repository import Repository
 
 from .test_stack import bearer, login, make
@@ -88,14 +88,14 @@ def test_bytes_published_again_while_a_run_marks_are_kept(
     delete(repo, "acme/app/1.0.0/linux")
     age(blob_path(repo, b"again"), 2 * HOUR)
     set_gc(repo, grace=HOUR)
-    mark = GarbageCollector._mark
+    mark = gc_mod._mark
 
-    def mark_then_publish(self: GarbageCollector, *args: Any, **kwargs: Any) -> set[str]:
-        marked = mark(self, *args, **kwargs)
+    def mark_then_publish(runtime: Any) -> Any:
+        marked = mark(runtime)
         repo.publish("acme", "app", "1.0.1", "linux", b"again")
         return marked
 
-    monkeypatch.setattr(GarbageCollector, "_mark", mark_then_publish)
+    monkeypatch.setattr(gc_mod, "_mark", mark_then_publish)
     report = repo.gc()
     assert (report["blobs_freed"], report["blobs_in_grace"]) == (0, 1)
     with repo.open_blob(sha(b"again")) as blob:
@@ -161,6 +161,36 @@ def test_retention_spares_what_is_younger_than_min_age_days(repo: Repository) ->
     assert repo.gc()["versions_removed_count"] == 0
 
 
+def test_retention_spares_an_artifact_tagged_after_it_looked(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tags read up front are stale; the delete checks again in its transaction.
+    _versions(repo)
+    set_gc(repo, grace=0, keep_last_versions=3, keep_tagged=True)
+    monkeypatch.setattr(gc_mod, "_tag_targets", lambda runtime: set())
+    report = repo.gc()
+    assert report["versions_removed"] == ["acme/app/1.1.0/linux"]
+    assert repo.metadata("acme", "app", "1.0.0", "linux")
+    tag = repo.call("get_tag", {"namespace": "acme", "name": "app", "tag": "stable"}).get_json()
+    assert tag["target_version"] == "1.0.0"
+
+
+def test_an_artifact_retention_cannot_delete_is_counted_and_the_run_goes_on(
+    repo: Repository,
+) -> None:
+    repo.publish("acme", "app", "1.0.0+build.1", "linux", b"old")
+    repo.publish("acme", "app", "1.1.0", "linux", b"older")
+    repo.publish("acme", "app", "2.0.0", "linux", b"new")
+    delete(repo, "acme/app/1.1.0/linux")
+    schema = copy.deepcopy(repo.schema)
+    schema["entities"]["artifact"]["fields"]["version"]["pattern"] = "^[0-9][0-9.]{0,127}$"
+    schema["gc"] = {"grace_period_seconds": 0, "retention": {"keep_last_versions": 1}}
+    repo.replace_schema(schema)  # 1.0.0+build.1 is no longer a valid version
+    report = repo.gc()
+    assert (report["versions_removed_count"], report["retention_errors"]) == (0, 1)
+    assert report["blobs_freed"] == 1  # the sweep still ran
+
+
 def test_one_run_at_a_time(repo: Repository) -> None:
     running = repo._gc._running
     running.acquire()
@@ -183,6 +213,7 @@ def test_post_admin_gc(tmp_path: Path) -> None:
             "dry_run": True,
             "versions_removed_count": 0,
             "versions_removed": [],
+            "retention_errors": 0,
             "blobs_freed": 0,
             "bytes_freed": 0,
             "blobs_in_grace": 0,

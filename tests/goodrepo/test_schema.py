@@ -261,6 +261,12 @@ BROKEN = [
         id="verified-blob-never-stored",
     ),
     pytest.param(
+        _call(lambda s: step(s, "delete_artifact", "emit.event").update({"as": "meta"})),
+        "$.routes[3].pipeline[",
+        "$meta is already a variable",
+        id="each-item-shadows-a-variable",
+    ),
+    pytest.param(
         _call(lambda s: step(s, "delete_artifact", "kv.delete_where").update(where=[])),
         "$.routes[3].pipeline[",
         "must be a non-empty object",
