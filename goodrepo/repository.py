@@ -40,6 +40,8 @@ from .storage.kv import KV
 
 log = logging.getLogger(__name__)
 
+SCHEMA_KEY = b"m:schema"
+
 
 def _make_data_dir(path: Path) -> None:
     """Create the data directory, for its owner only: it holds the signing keys and the
@@ -52,9 +54,6 @@ def _make_data_dir(path: Path) -> None:
         raise StoreError(f"data directory {path}: cannot create it: {err.strerror}") from err
     if path.stat().st_mode & 0o077:
         log.warning("data directory %s is open to other users: chmod 700 it", path)
-
-
-SCHEMA_KEY = b"m:schema"
 
 
 class Repository:
