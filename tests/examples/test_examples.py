@@ -86,6 +86,14 @@ class Server:
     def logs(self) -> str:
         return self.stderr.read_text(errors="replace")[-4000:]
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds ``text``: an access-log line is written when the server
+        closes the response, which may be just after the client has read it."""
+        deadline = time.monotonic() + timeout
+        while text not in (logs := self.logs()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return logs
+
     def stop(self) -> int:
         """SIGTERM, then wait (bounded); returns the exit code."""
         if self.proc.poll() is None:
@@ -214,7 +222,7 @@ def test_waitress_server_behind_a_trusted_proxy(
 
     assert [attempt("203.0.113.1", f"user{i}") for i in range(3)] == [401, 401, 429]
     assert attempt("203.0.113.2", "user9") == 401  # another client behind the same proxy
-    assert '"client": "203.0.113.2"' in server.logs()
+    assert '"client": "203.0.113.2"' in server.wait_for_log('"client": "203.0.113.2"')
 
 
 @pytest.mark.parametrize("name", ["flask_mount", "django_mount"])
@@ -277,7 +285,7 @@ def test_custom_stack(start: Callable[..., Server], tmp_path: Path) -> None:
     # No accounts in this stack: the core has no login, and refuses it without a token.
     assert post(server.url + "/auth/login", json={}).status_code == 401
     assert post(server.url + "/auth/login", json={}, headers=bearer(token)).status_code == 404
-    assert f'"path": "{BLOB}"' in server.logs()  # the JSON access log
+    assert f'"path": "{BLOB}"' in server.wait_for_log(f'"path": "{BLOB}"')  # the JSON access log
     assert server.stop() == 0
 
 
