@@ -1,4 +1,4 @@
-"""The ``goodrepo`` command: serve, user, token and check-schema.
+"""The ``goodrepo`` command: serve, user, token, gc and check-schema.
 
 Usage::
 

@@ -3,15 +3,17 @@
 A run has three steps, each safe while the repository serves:
 
 1. **Retention** (only when the schema's ``gc.retention.keep_last_versions`` is set): in
-   every package of every version index, the versions beyond the newest
-   ``keep_last_versions`` (by the index's version order; all variants of a kept version are
-   kept) are deleted through the schema's ``delete_artifact`` route, so each deletion
-   emits its events and cascades as any other. ``keep_tagged`` spares artifacts a tag
+   every package of every version index, the versions that are neither among the newest
+   ``keep_last_versions`` nor among the newest ``keep_last_versions`` releases (by the
+   index's version order; all variants of a kept version are kept) are deleted through
+   the schema's ``delete_artifact`` route, so each deletion emits its events and
+   cascades as any other. ``keep_tagged`` spares artifacts a tag
    points at; ``min_age_days`` spares those created more recently. Each artifact is read
    first (``get_artifact``) and deleted only if it is still that document (``If-Match``)
    and, with ``keep_tagged``, untagged (``?unless_tagged=true``): both are checked in the
    delete's transaction, so a tag or a new document that arrives meanwhile wins.
-2. **Mark**: every ``blob_digest`` of every document of the schema's KV stores.
+2. **Mark**: every ``blob_digest`` of every document in the KV, whether or not the active
+   schema declares its kind.
 3. **Sweep**: every blob of every blob store that nothing marked and whose file is older
    than ``gc.grace_period_seconds`` is removed. A publish dates its blob when it stores it
    (or touches it, when the bytes are already there) just before committing the document
@@ -37,7 +39,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import Conflict, GoodrepoError, NotFound, PreconditionFailed
+from .errors import Conflict, GoodrepoError, NotFound, PreconditionFailed, ValidationError
+from .pipeline.runtime import DOCUMENTS
 from .storage.kv import loads
 
 if TYPE_CHECKING:
@@ -184,13 +187,13 @@ def _tag_targets(runtime: Runtime) -> set[str]:
 
 
 def _mark(runtime: Runtime) -> Counter[str]:
-    """How many documents name each blob digest."""
+    """How many documents name each blob digest: every document in the KV, whether or not
+    the active schema declares its kind (a schema swapped back brings them back)."""
     marked: Counter[str] = Counter()
-    for prefix in {doc.prefix for doc in runtime.documents.values()}:
-        for _, raw in runtime.kv.scan(prefix):
-            value = loads(raw)
-            if isinstance(value, dict) and isinstance(value.get("blob_digest"), str):
-                marked[value["blob_digest"]] += 1
+    for _, raw in runtime.kv.scan(DOCUMENTS):
+        value = loads(raw)
+        if isinstance(value, dict) and isinstance(value.get("blob_digest"), str):
+            marked[value["blob_digest"]] += 1
     return marked
 
 
@@ -209,14 +212,26 @@ def _groups(index: VersionIndex, parent: tuple[str, ...] = ()) -> Iterator[tuple
 
 
 def _beyond(index: VersionIndex, group: tuple[str, ...], keep: int) -> Iterator[dict[str, Any]]:
-    """The rows of ``group`` whose version is not among its ``keep`` newest."""
-    versions: set[str] = set()
+    """The rows of ``group`` whose version is neither among its ``keep`` newest nor among
+    its ``keep`` newest releases (newer prereleases never cost a package its releases)."""
+    kept: set[str] = set()
+    gone: set[str] = set()
+    versions = releases = 0
     cursor = None
     while True:
         rows, cursor = index.versions(list(group), limit=_PAGE, cursor=cursor)
         for row in rows:
-            versions.add(row[index.version_field])
-            if len(versions) > keep:
+            version = row[index.version_field]
+            if version not in kept and version not in gone:
+                try:
+                    release = not index.scheme.is_prerelease(version)
+                except ValidationError:  # no longer valid under a changed scheme
+                    release = False
+                versions += 1
+                releases += release
+                fresh = versions <= keep or (release and releases <= keep)
+                (kept if fresh else gone).add(version)
+            if version in gone:
                 yield row
         if cursor is None:
             return

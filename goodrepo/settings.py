@@ -147,7 +147,7 @@ def _origin(text: str) -> str:
         return text
     if "*" in text:
         raise ValueError(
-            f"{text!r}: an origin has no wildcards; list each one (or \"*\" for any origin)"
+            f'{text!r}: an origin has no wildcards; list each one (or "*" for any origin)'
         )
     try:
         parts = _split_url(text)

@@ -97,12 +97,15 @@ class Services:
     cache: CacheSlot = field(default_factory=CacheSlot)
 
 
+DOCUMENTS = b"d:"  # the KV prefix of every document of every store
+
+
 class Document:
     """A kind of JSON document in a KV store, with its key template."""
 
     def __init__(self, name: str, store: str, key_template: str) -> None:
         self.name = name
-        self.prefix = b"d:" + store.encode("ascii") + b"\x00"
+        self.prefix = DOCUMENTS + store.encode("ascii") + b"\x00"
         self.template = key_template
         self.parts: list[str | tuple[str]] = []
         pos = 0

@@ -122,30 +122,56 @@ def test_retention_keeps_the_newest_versions_and_the_tagged_ones(repo: Repositor
     before = len(events(repo))
 
     dry = repo.gc(dry_run=True)
-    # Newest first: 3.0.0 and 3.0.0-rc.1 are kept; 1.0.0 is tagged.
-    expected = ["acme/app/2.0.0/windows", "acme/app/2.0.0/linux", "acme/app/1.1.0/linux"]
-    assert (dry["versions_removed"], dry["versions_removed_count"]) == (expected, 3)
-    assert dry["blobs_freed"] == 3
+    # Newest first: 3.0.0 and 3.0.0-rc.1 are the two newest versions, 3.0.0 and 2.0.0 the
+    # two newest releases; 1.0.0 is tagged.
+    expected = ["acme/app/1.1.0/linux"]
+    assert (dry["versions_removed"], dry["versions_removed_count"]) == (expected, 1)
+    assert dry["blobs_freed"] == 1
     assert len(events(repo)) == before
     assert repo.metadata("acme", "app", "2.0.0", "linux")
 
     report = repo.gc(by="root")
-    assert report["versions_removed"] == expected and report["blobs_freed"] == 3
+    assert report["versions_removed"] == expected and report["blobs_freed"] == 1
     deleted = [e for e in events(repo)[before:] if e["type"] == "artifact.deleted"]
     assert [(e["payload"]["version"], e["payload"]["deleted_by"]) for e in deleted] == [
-        ("2.0.0", "root"),
-        ("2.0.0", "root"),
-        ("1.1.0", "root"),
+        ("1.1.0", "root")
     ]
     rows = repo.call("versions", {"namespace": "acme", "name": "app"}).get_json()["versions"]
-    assert [r["version"] for r in rows] == ["3.0.0", "3.0.0-rc.1", "1.0.0"]
+    assert [r["version"] for r in rows] == ["3.0.0", "3.0.0-rc.1", "2.0.0", "2.0.0", "1.0.0"]
     assert repo.metadata("acme", "other", "1.0.0", "linux")
     assert repo.gc()["versions_removed_count"] == 0
 
 
+def test_newer_prereleases_never_cost_a_package_its_newest_releases(repo: Repository) -> None:
+    for version in ["1.0.0", "1.1.0", "2.0.0-rc.1", "2.0.0-rc.2"]:
+        repo.publish("acme", "app", version, "linux", version.encode())
+    set_gc(repo, grace=0, keep_last_versions=1)
+    assert repo.gc()["versions_removed"] == ["acme/app/2.0.0-rc.1/linux", "acme/app/1.0.0/linux"]
+    assert repo.latest("acme", "app")["version"] == "1.1.0"  # type: ignore[index]
+
+
+def test_a_document_the_active_schema_does_not_declare_keeps_its_blob(
+    repo: Repository,
+) -> None:
+    # A schema swap is undone by swapping back: what it no longer names is still there.
+    repo.publish("acme", "app", "1.0.0", "linux", b"kept")
+    age(blob_path(repo, b"kept"), 2 * HOUR)
+    original = copy.deepcopy(repo.schema)
+    renamed = copy.deepcopy(original)
+    renamed["storage"]["kv_stores"] = {"meta2": renamed["storage"]["kv_stores"]["meta"]}
+    for doc in renamed["storage"]["documents"].values():
+        doc["store"] = "meta2"
+    renamed["gc"] = {"grace_period_seconds": 0, "retention": {}}
+    repo.replace_schema(renamed)
+    assert repo.gc()["blobs_freed"] == 0
+    repo.replace_schema(original)
+    with repo.open_blob(sha(b"kept")) as blob:
+        assert blob.read() == b"kept"
+
+
 def test_retention_without_keep_tagged_deletes_the_tag_too(repo: Repository) -> None:
     _versions(repo)
-    set_gc(repo, grace=0, keep_last_versions=3, keep_tagged=False)
+    set_gc(repo, grace=0, keep_last_versions=2, keep_tagged=False)
     report = repo.gc()
     assert report["versions_removed"] == ["acme/app/1.1.0/linux", "acme/app/1.0.0/linux"]
     assert [e["type"] for e in events(repo)[-3:]] == [
@@ -166,7 +192,7 @@ def test_retention_spares_an_artifact_tagged_after_it_looked(
 ) -> None:
     # The tags read up front are stale; the delete checks again in its transaction.
     _versions(repo)
-    set_gc(repo, grace=0, keep_last_versions=3, keep_tagged=True)
+    set_gc(repo, grace=0, keep_last_versions=2, keep_tagged=True)
     monkeypatch.setattr(gc_mod, "_tag_targets", lambda runtime: set())
     report = repo.gc()
     assert report["versions_removed"] == ["acme/app/1.1.0/linux"]
