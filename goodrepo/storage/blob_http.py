@@ -130,8 +130,12 @@ def content_disposition(filename: str) -> str:
 
 
 def parse_checksum_header(value: str | None) -> str | None:
-    """The lower-case hex of ``X-Checksum-Sha256: <hex>``; ``InvalidRequest`` if malformed."""
-    if value is None or not value.strip():
+    """The lower-case hex of ``X-Checksum-Sha256: <hex>``; ``InvalidRequest`` if malformed.
+
+    An empty value is malformed too: a client that sends the header means a check, and an
+    unset variable in its script must not pass for one.
+    """
+    if value is None:
         return None
     text = value.strip().lower()
     text = text[7:] if text.startswith("sha256:") else text

@@ -109,6 +109,15 @@ def test_announced_digest(client: webtest.TestApp, header: Any, repo: Repository
     assert files == [sha(body)]  # no blob, no temporary file for the refused upload
 
 
+def test_an_empty_checksum_header_is_refused(client: webtest.TestApp, repo: Repository) -> None:
+    # An unset variable in a client's script sends the header empty: that is no check.
+    res = publish(client, COORDS, b"unchecked", status=400, **{"X-Checksum-Sha256": ""})
+    assert res.json["error"]["code"] == "INVALID_REQUEST"
+    assert "X-Checksum-Sha256" in res.json["error"]["message"]
+    client.get(f"/v1/{COORDS}", status=404)
+    assert not [p for p in (repo.data_dir / "blobs").rglob("*") if p.is_file()]
+
+
 def test_blob_too_large(tmp_path: Any) -> None:
     from goodrepo import schema as schema_mod
 

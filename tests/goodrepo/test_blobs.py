@@ -455,7 +455,9 @@ def test_parse_checksum_header(value: str | None, expected: str | None) -> None:
     assert parse_checksum_header(value) == expected
 
 
-@pytest.mark.parametrize("value", ["abc", HELLO_HEX + "0", "g" * 64, "md5:" + HELLO_HEX])
+@pytest.mark.parametrize(
+    "value", ["", "  ", "sha256:", "abc", HELLO_HEX + "0", "g" * 64, "md5:" + HELLO_HEX]
+)
 def test_parse_checksum_header_rejects(value: str) -> None:
     with pytest.raises(InvalidRequest):
         parse_checksum_header(value)
