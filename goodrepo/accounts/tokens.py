@@ -36,11 +36,12 @@ from typing import Any
 
 import jwt
 
-from ..errors import Unauthorized
+from ..errors import InvalidCredentials, Unauthorized
 from ..storage.kv import KV, loads
 from . import _store
 from .apitokens import API, DAY, ApiTokens
 from .keyring import KeyRing
+from .users import session_floor_of
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,19 @@ class TokenService(ApiTokens):
         *,
         token_id: str | None = None,
         ttl: int | None = None,
+        issued_at: float | None = None,
     ) -> tuple[str, int]:
         """A signed access token for ``sub`` and its lifetime in seconds.
 
         ``ttl`` may shorten (never lengthen) ``access_ttl``: ``ValueError`` otherwise.
+        ``issued_at`` (default now) backdates ``iat`` to when the session was checked,
+        so that a password change or disabling since then revokes the token.
         """
         ttl = self.access_ttl if ttl is None else ttl
         if not 1 <= ttl <= self.access_ttl:
             raise ValueError(f"ttl must be from 1 to {self.access_ttl} seconds")
-        token = self._sign(sub, scopes, ACCESS, token_id or secrets.token_hex(16), ttl)[0]
-        return token, ttl
+        jti = token_id or secrets.token_hex(16)
+        return self._sign(sub, scopes, ACCESS, jti, ttl, issued_at)[0], ttl
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid, unexpired, unrevoked token; else :class:`Unauthorized`."""
@@ -159,11 +163,21 @@ class TokenService(ApiTokens):
 
     # -- refresh tokens ----------------------------------------------------------------
 
-    def issue_refresh(self, username: str) -> str:
-        """A new refresh token starting a new family (at login)."""
+    def issue_refresh(self, username: str, *, session_floor: float | None = None) -> str:
+        """A new refresh token starting a new family (at login).
+
+        The user must exist and be enabled, and with ``session_floor`` (what
+        :meth:`Users.authenticate` read) still have that floor; else
+        :class:`InvalidCredentials`. Checked under the user's lock, so a password change,
+        disabling or deletion either comes first and is seen, or comes after and outdates
+        the family (see :meth:`rotate_refresh`).
+        """
         fid = secrets.token_hex(12)
         token = secrets.token_urlsafe(32)
         with self.kv.transaction() as txn:
+            floor = session_floor_of(txn.get_json(_store.user_key(username), lock=True))
+            if floor is None or session_floor not in (None, floor):
+                raise InvalidCredentials("the account changed during the login")
             now = self.clock()
             exp = now + self.refresh_ttl
             family = {"current": _digest(token), "created_at": now, "expires_at": exp}
@@ -174,9 +188,10 @@ class TokenService(ApiTokens):
     def rotate_refresh(self, token: str) -> tuple[str, str]:
         """Spend ``token``; returns ``(username, new_token)`` of the same family.
 
-        :class:`Unauthorized` when it is unknown, expired or revoked; replaying a spent
-        token also revokes its whole family. The caller then checks that the user still
-        exists and is enabled (:meth:`Users.get_active`) before issuing an access token.
+        :class:`Unauthorized` when it is unknown, expired or revoked, or when its family
+        started before the user's session floor (a later password change or disabling) or
+        the user is gone or disabled; replaying a spent token also revokes its whole
+        family. The user is read under its lock, as :meth:`issue_refresh` does.
         """
         digest = _digest(token)
         with self.kv.transaction() as txn:
@@ -188,6 +203,9 @@ class TokenService(ApiTokens):
             fkey = _store.family_key(username, fid)
             family = txn.get_json(fkey, lock=True)
             if family is None:
+                raise Unauthorized("refresh token revoked")
+            floor = session_floor_of(txn.get_json(_store.user_key(username), lock=True))
+            if floor is None or family["created_at"] < floor:
                 raise Unauthorized("refresh token revoked")
             replayed = family["current"] != digest
             if replayed:
@@ -258,10 +276,16 @@ class TokenService(ApiTokens):
     # -- helpers -----------------------------------------------------------------------
 
     def _sign(
-        self, sub: str, scopes: Iterable[str], typ: str, jti: str, ttl: int
+        self,
+        sub: str,
+        scopes: Iterable[str],
+        typ: str,
+        jti: str,
+        ttl: int,
+        issued_at: float | None = None,
     ) -> tuple[str, str, int]:
         key = self.keyring.current()
-        issued = self.clock()
+        issued = self.clock() if issued_at is None else issued_at
         now = int(issued)
         claims: dict[str, Any] = {
             "sub": sub,

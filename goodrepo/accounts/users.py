@@ -81,6 +81,15 @@ def public(user: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def session_floor_of(user: dict[str, Any] | None) -> float | None:
+    """The time before which the sessions of ``user`` (a stored user document) no longer
+    count: when the user was created, last disabled or last changed password. None when
+    the user is gone or disabled."""
+    if user is None or user["disabled"]:
+        return None
+    return float(max(user["created_at"], user.get("sessions_revoked_at", 0)))
+
+
 class Users:
     """Create, read, change and authenticate users stored in ``kv``.
 
@@ -182,17 +191,15 @@ class Users:
             user = self._load(normalize_username(username))
         except (NotFound, ValidationError) as err:
             raise InvalidCredentials("account no longer exists") from err
-        if user["disabled"]:
+        floor = session_floor_of(user)
+        if floor is None:
             raise InvalidCredentials("account disabled")
-        return float(max(user["created_at"], user.get("sessions_revoked_at", 0)))
+        return floor
 
     def set_disabled(self, username: str, disabled: bool) -> dict[str, Any]:
         """Disable or enable a user; :class:`NotFound`. Disabling ends the user's
         access tokens for good: enabling again does not bring them back."""
-        changes: dict[str, Any] = {"disabled": bool(disabled)}
-        if disabled:
-            changes["sessions_revoked_at"] = self.clock()
-        user = self._update(username, changes)
+        user = self._update(username, {"disabled": bool(disabled)}, end_sessions=disabled)
         log.info("user %s: %s", "disabled" if disabled else "enabled", user["username"])
         return user
 
@@ -207,9 +214,8 @@ class Users:
         self._load(name)  # NotFound before the policy and the slow hash
         self.policy.enforce(password, name)
         hashed = self.hasher.hash(password)
-        now = self.clock()
         user = self._update(
-            name, {"password_hash": hashed, "password_changed_at": now, "sessions_revoked_at": now}
+            name, {"password_hash": hashed, "password_changed_at": self.clock()}, end_sessions=True
         )
         log.info("user password changed: %s", name)
         return user
@@ -231,6 +237,10 @@ class Users:
         :class:`InvalidCredentials`, the same error after the same argon2 work whether
         the user is unknown, the password wrong or the account disabled.
 
+        The view also holds ``session_floor`` (:func:`session_floor_of`) as read with the
+        hash: :meth:`TokenService.issue_refresh` starts a session only if it has not
+        moved, so a login that raced a password change, disabling or deletion gets none.
+
         A hash made with older parameters is replaced after a successful login.
         """
         try:
@@ -245,7 +255,7 @@ class Users:
             raise InvalidCredentials()
         if self.hasher.needs_rehash(user["password_hash"]):
             self._rehash(user, password)
-        return public(user)
+        return {**public(user), "session_floor": session_floor_of(user)}
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -255,14 +265,21 @@ class Users:
             raise NotFound(f"no user {name!r}")
         return user
 
-    def _update(self, username: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def _update(
+        self, username: str, changes: dict[str, Any], *, end_sessions: bool = False
+    ) -> dict[str, Any]:
         name = normalize_username(username)
         key = _store.user_key(name)
         with self.kv.transaction() as txn:
             user = txn.get_json(key, lock=True)
             if user is None:
                 raise NotFound(f"no user {name!r}")
-            user.update(changes, updated_at=self.clock())
+            # Timed under the user's lock: a session started before this change (by a
+            # transaction that held the lock earlier) is older than the new floor.
+            now = self.clock()
+            user.update(changes, updated_at=now)
+            if end_sessions:
+                user["sessions_revoked_at"] = now
             txn.put_json(key, user)
         return public(user)
 

@@ -29,8 +29,12 @@ class AuthEndpoints:
             Endpoint("POST", "/auth/change-password", self.change_password),
         ]
 
-    def _session(self, user: dict[str, Any], refresh_token: str) -> dict[str, Any]:
-        access, expires_in = self.tokens.issue_access(user["username"], user["scopes"])
+    def _session(
+        self, user: dict[str, Any], refresh_token: str, issued_at: float
+    ) -> dict[str, Any]:
+        access, expires_in = self.tokens.issue_access(
+            user["username"], user["scopes"], issued_at=issued_at
+        )
         return {
             "ok": True,
             "token": access,
@@ -54,17 +58,22 @@ class AuthEndpoints:
             log.info("login failed for a user from %s", req.client)
             raise
         self.throttle.success(username)
+        # Taken before the session is checked, so a change to the user after the check
+        # is later than the access token's iat and revokes it.
+        issued_at = self.tokens.clock()
+        refresh = self.tokens.issue_refresh(user["username"], session_floor=user["session_floor"])
         log.info("login of %s", user["username"])
-        return self._session(user, self.tokens.issue_refresh(user["username"]))
+        return self._session(user, refresh, issued_at)
 
     def refresh(self, req: ApiRequest) -> dict[str, Any]:
         token = field(req.json(), "refresh_token")
+        issued_at = self.tokens.clock()  # as in login
         username, new_refresh = self.tokens.rotate_refresh(token)
         try:
             user = self.users.get_active(username)
         except InvalidCredentials as err:
             raise Unauthorized("the account is no longer active") from err
-        return self._session(user, new_refresh)
+        return self._session(user, new_refresh, issued_at)
 
     def logout(self, req: ApiRequest) -> dict[str, Any]:
         self.tokens.revoke_refresh(field(req.json(), "refresh_token"))

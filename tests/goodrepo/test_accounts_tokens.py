@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from goodrepo.accounts import KeyRing, TokenService, Users
-from goodrepo.errors import Forbidden, NotFound, Unauthorized, ValidationError
+from goodrepo.errors import Forbidden, InvalidCredentials, NotFound, Unauthorized, ValidationError
 
 PW = "violet staple horizon"
 DAY = 86400
@@ -234,7 +234,7 @@ def test_access_tokens_cost_no_revocation_lookup(tokens, kv, monkeypatch):
 # -- refresh tokens -------------------------------------------------------------------
 
 
-def test_refresh_tokens_are_opaque_and_stored_hashed(tokens, kv):
+def test_refresh_tokens_are_opaque_and_stored_hashed(tokens, kv, users):
     token = tokens.issue_refresh("alice")
     assert len(token) >= 43 and token.count(".") == 0
     digest = hashlib.sha256(token.encode()).hexdigest()
@@ -243,7 +243,7 @@ def test_refresh_tokens_are_opaque_and_stored_hashed(tokens, kv):
         assert token.encode() not in key + value
 
 
-def test_rotation_spends_the_old_token(tokens):
+def test_rotation_spends_the_old_token(tokens, users):
     first = tokens.issue_refresh("alice")
     username, second = tokens.rotate_refresh(first)
     assert username == "alice"
@@ -253,7 +253,7 @@ def test_rotation_spends_the_old_token(tokens):
     assert third not in (first, second)
 
 
-def test_replay_revokes_the_whole_family(tokens):
+def test_replay_revokes_the_whole_family(tokens, users):
     first = tokens.issue_refresh("alice")
     other = tokens.issue_refresh("alice")  # another session: another family
     _, second = tokens.rotate_refresh(first)
@@ -264,7 +264,7 @@ def test_replay_revokes_the_whole_family(tokens):
     assert tokens.rotate_refresh(other)[0] == "alice"
 
 
-def test_concurrent_use_of_one_token_counts_as_a_replay(tokens):
+def test_concurrent_use_of_one_token_counts_as_a_replay(tokens, users):
     token = tokens.issue_refresh("alice")
     outcomes: list[str] = []
     barrier = threading.Barrier(2)
@@ -287,7 +287,7 @@ def test_concurrent_use_of_one_token_counts_as_a_replay(tokens):
         tokens.rotate_refresh(winner)
 
 
-def test_refresh_tokens_expire_and_rotation_slides_the_expiry(tokens, clock):
+def test_refresh_tokens_expire_and_rotation_slides_the_expiry(tokens, clock, users):
     token = tokens.issue_refresh("alice")
     clock.now += 29 * DAY
     _, token = tokens.rotate_refresh(token)
@@ -305,7 +305,7 @@ def test_unknown_refresh_token(tokens):
         tokens.revoke_refresh("made-up")
 
 
-def test_logout_revokes_the_token(tokens):
+def test_logout_revokes_the_token(tokens, users):
     token = tokens.issue_refresh("alice")
     tokens.revoke_refresh(token)
     with pytest.raises(Unauthorized):
@@ -314,7 +314,7 @@ def test_logout_revokes_the_token(tokens):
         tokens.revoke_refresh(token)
 
 
-def test_logout_with_a_spent_token_ends_the_session_and_is_refused(tokens):
+def test_logout_with_a_spent_token_ends_the_session_and_is_refused(tokens, users):
     first = tokens.issue_refresh("alice")
     other = tokens.issue_refresh("alice")  # another session: another family
     _, second = tokens.rotate_refresh(first)
@@ -328,9 +328,10 @@ def test_logout_with_a_spent_token_ends_the_session_and_is_refused(tokens):
     assert tokens.rotate_refresh(other)[0] == "alice"
 
 
-def test_revoke_every_session_of_a_user(tokens):
+def test_revoke_every_session_of_a_user(tokens, users):
     a1, a2 = tokens.issue_refresh("alice"), tokens.issue_refresh("alice")
     _, a2 = tokens.rotate_refresh(a2)
+    users.create("alice.b", PW, ["read"])
     b = tokens.issue_refresh("alice.b")  # a name that extends "alice"
     assert tokens.revoke_user_refresh("alice") == 2
     for token in (a1, a2):
@@ -338,6 +339,55 @@ def test_revoke_every_session_of_a_user(tokens):
             tokens.rotate_refresh(token)
     assert tokens.rotate_refresh(b)[0] == "alice.b"
     assert tokens.revoke_user_refresh("alice") == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda users: users.set_password("alice", "a brand new passphrase"), id="pw"),
+        pytest.param(lambda users: users.set_disabled("alice", True), id="disabled"),
+        pytest.param(
+            lambda users: (users.set_disabled("alice", True), users.set_disabled("alice", False)),
+            id="disabled-then-enabled",
+        ),
+        pytest.param(lambda users: users.delete("alice"), id="deleted"),
+        pytest.param(
+            lambda users: (users.delete("alice"), users.create("alice", PW, ["admin"])),
+            id="deleted-then-recreated",
+        ),
+    ],
+)
+def test_a_login_that_raced_a_change_of_the_user_gets_no_session(tokens, users, clock, change):
+    # The password was checked (the floor read with it), then the user changed, then the
+    # login went on to start its session.
+    floor = users.authenticate("alice", PW)["session_floor"]
+    clock.now += 1
+    change(users)
+    with pytest.raises(InvalidCredentials):
+        tokens.issue_refresh("alice", session_floor=floor)
+
+
+def test_a_session_started_before_a_change_of_the_user_cannot_refresh(tokens, users, clock):
+    # Even where nobody revoked the family (as a racing login's would be missed).
+    token = tokens.issue_refresh(
+        "alice", session_floor=users.authenticate("alice", PW)["session_floor"]
+    )
+    clock.now += 1
+    users.set_disabled("alice", True)
+    users.set_disabled("alice", False)
+    with pytest.raises(Unauthorized, match="revoked"):
+        tokens.rotate_refresh(token)
+    fresh = tokens.issue_refresh("alice")
+    assert tokens.rotate_refresh(fresh)[0] == "alice"
+    users.delete("alice")
+    users.create("alice", PW, ["admin"])  # another person under the same name
+    with pytest.raises(Unauthorized, match="revoked"):
+        tokens.rotate_refresh(fresh)
+
+
+def test_a_backdated_access_token(tokens, users, clock):
+    token, _ = tokens.issue_access("alice", ["read"], issued_at=clock.now - 0.25)
+    assert tokens.verify(token)["iat"] == clock.now - 0.25
 
 
 # -- API tokens -----------------------------------------------------------------------

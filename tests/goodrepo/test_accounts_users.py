@@ -248,7 +248,7 @@ def test_delete(users):
 
 def test_authenticate_success_is_case_insensitive_on_the_name(users):
     users.create("bob", PW, ["read"])
-    assert users.authenticate(" Bob", PW) == users.get("bob")
+    assert users.authenticate(" Bob", PW) == {**users.get("bob"), "session_floor": T0}
 
 
 @pytest.mark.parametrize(

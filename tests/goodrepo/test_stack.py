@@ -541,6 +541,68 @@ def test_password_change_and_disabling_end_access_tokens(web: webtest.TestApp) -
     web.get("/v1/acme/app/latest", headers=bearer(fresh), status=401)
 
 
+JOY = {"username": "joy", "password": "a quiet long passphrase", "scopes": ["read"]}
+CHANGES = {
+    "password": lambda web, admin: web.patch_json(
+        "/admin/users/joy", {"password": "another quiet passphrase"}, headers=admin
+    ),
+    "disabled": lambda web, admin: web.patch_json(
+        "/admin/users/joy", {"disabled": True}, headers=admin
+    ),
+    "recreated": lambda web, admin: (
+        web.delete("/admin/users/joy", headers=admin, status=204),
+        web.post_json("/admin/users", {**JOY, "scopes": ["admin"]}, headers=admin, status=201),
+    ),
+}
+
+
+def after(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str, then: Any) -> None:
+    """Run ``then()`` right after each call of ``obj.name``: a race, made certain."""
+    real = getattr(obj, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        then()
+        return result
+
+    monkeypatch.setattr(obj, name, wrapped)
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_login_that_races_a_change_of_the_user_gets_no_session(
+    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    admin = bearer(login(web)["token"])
+    web.post_json("/admin/users", JOY, headers=admin, status=201)
+    # The change lands while the password is being checked: no session at all.
+    with monkeypatch.context() as m:
+        after(m, stack.users, "authenticate", lambda: CHANGES[change](web, admin))
+        res = web.post_json("/auth/login", JOY, status=401)
+    assert res.json["error"]["code"] == "INVALID_CREDENTIALS"
+    if change == "disabled":
+        web.patch_json("/admin/users/joy", {"disabled": False}, headers=admin)
+    # The change lands once the session has started: it ends it like any other.
+    password = "another quiet passphrase" if change == "password" else JOY["password"]
+    with monkeypatch.context() as m:
+        after(m, stack.tokens, "issue_refresh", lambda: CHANGES[change](web, admin))
+        session = login(web, "joy", password)
+    web.get("/auth/me", headers=bearer(session["token"]), status=401)
+    web.post_json("/auth/refresh", {"refresh_token": session["refresh_token"]}, status=401)
+
+
+def test_a_refresh_that_races_a_password_change_gets_a_dead_token(
+    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = bearer(login(web)["token"])
+    web.post_json("/admin/users", JOY, headers=admin, status=201)
+    session = login(web, "joy", JOY["password"])
+    with monkeypatch.context() as m:
+        after(m, stack.tokens, "rotate_refresh", lambda: CHANGES["password"](web, admin))
+        fresh = web.post_json("/auth/refresh", {"refresh_token": session["refresh_token"]}).json
+    web.get("/auth/me", headers=bearer(fresh["token"]), status=401)
+    web.post_json("/auth/refresh", {"refresh_token": fresh["refresh_token"]}, status=401)
+
+
 def test_a_rejected_schema_file_is_named_and_leaves_no_data_directory(tmp_path: Path) -> None:
     schema = tmp_path / "schema.json"
     schema.write_text('{"entities": 5}')
