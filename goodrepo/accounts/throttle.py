@@ -8,29 +8,28 @@ login clears its username's failures (not its address's, so one valid account ca
 launder guesses against others). State lives in memory, bounded to ``max_keys`` keys:
 the least recently touched ones are forgotten first.
 
+An attempt counts as a failure from the moment it is let in until it succeeds, so
+concurrent guesses cannot all pass the check before any of them has failed.
+
 Usage::
 
     throttle = LoginThrottle.from_limit("5/minute")
-    throttle.check(username, address)          # raises RateLimited
-    try:
-        user = users.authenticate(username, password)
-    except InvalidCredentials:
-        throttle.failure(username, address)
-        raise
-    throttle.success(username)
+    with throttle.attempt(username, address):  # raises RateLimited
+        user = users.authenticate(username, password)  # InvalidCredentials: a failure
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import limits
 
-from ..errors import RateLimited
+from ..errors import InvalidCredentials, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -82,31 +81,41 @@ class LoginThrottle:
             raise ValueError(f"expected one rate limit such as '5/minute', got {limit!r}")
         return cls(items[0].amount, items[0].get_expiry(), **kwargs)  # type: ignore[arg-type]
 
+    @contextlib.contextmanager
+    def attempt(self, username: str, address: str | None) -> Iterator[None]:
+        """Let one attempt in, or raise :class:`RateLimited`; the body checks the password.
+
+        The attempt counts as a failure while the body runs and stays one if the body
+        raises :class:`InvalidCredentials`. Otherwise it is taken back: on success the
+        username's failures are forgotten (:meth:`success`), on any other error nothing
+        is counted.
+        """
+        keys = self._keys(username, address)
+        now = self.clock()
+        with self._lock:
+            self._refuse_over_limit(keys, now)
+            self._record(keys, now)
+        try:
+            yield
+        except InvalidCredentials:
+            raise
+        except BaseException:
+            self._take_back(keys, now)
+            raise
+        self._take_back(keys, now)
+        self.success(username)
+
     def check(self, username: str, address: str | None) -> None:
         """Raise :class:`RateLimited` while either key is over its limit."""
         now = self.clock()
         with self._lock:
-            waits = [
-                self._wait(key, limit, now)
-                for key, limit in self._keys(username, address)
-                if key in self._failures
-            ]
-        wait = max(waits, default=0.0)
-        if wait > 0:
-            raise RateLimited(wait, "too many failed logins; try again later")
+            self._refuse_over_limit(self._keys(username, address), now)
 
     def failure(self, username: str, address: str | None) -> None:
         """Record one failed login for ``username`` and ``address``."""
         now = self.clock()
         with self._lock:
-            for key, limit in self._keys(username, address):
-                window = self._failures.get(key)
-                if window is None:
-                    window = self._failures[key] = deque(maxlen=limit)
-                    self._evict()
-                else:
-                    self._failures.move_to_end(key)
-                window.append(now)
+            self._record(self._keys(username, address), now)
 
     def success(self, username: str) -> None:
         """Forget the failures of ``username`` after it logged in."""
@@ -121,6 +130,31 @@ class LoginThrottle:
         if address:
             keys.append((("a", address[:_MAX_KEY_CHARS]), self.address_max_failures))
         return keys
+
+    def _refuse_over_limit(self, keys: list[tuple[tuple[str, str], int]], now: float) -> None:
+        waits = [self._wait(key, limit, now) for key, limit in keys if key in self._failures]
+        wait = max(waits, default=0.0)
+        if wait > 0:
+            raise RateLimited(wait, "too many failed logins; try again later")
+
+    def _record(self, keys: list[tuple[tuple[str, str], int]], now: float) -> None:
+        for key, limit in keys:
+            window = self._failures.get(key)
+            if window is None:
+                window = self._failures[key] = deque(maxlen=limit)
+                self._evict()
+            else:
+                self._failures.move_to_end(key)
+            window.append(now)
+
+    def _take_back(self, keys: list[tuple[tuple[str, str], int]], now: float) -> None:
+        with self._lock:
+            for key, _ in keys:
+                window = self._failures.get(key)
+                if window is not None and now in window:
+                    window.remove(now)
+                    if not window:
+                        del self._failures[key]
 
     def _wait(self, key: tuple[str, str], limit: int, now: float) -> float:
         window = self._failures[key]

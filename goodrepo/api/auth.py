@@ -50,14 +50,12 @@ class AuthEndpoints:
         username, password = field(body, "username"), field(body, "password")
         if len(username) > 256 or len(password) > 1024:
             raise InvalidCredentials()
-        self.throttle.check(username, req.client)
         try:
-            user = self.users.authenticate(username, password)
+            with self.throttle.attempt(username, req.client):
+                user = self.users.authenticate(username, password)
         except InvalidCredentials:
-            self.throttle.failure(username, req.client)
             log.info("login failed for a user from %s", req.client)
             raise
-        self.throttle.success(username)
         # Taken before the session is checked, so a change to the user after the check
         # is later than the access token's iat and revokes it.
         issued_at = self.tokens.clock()
@@ -90,12 +88,8 @@ class AuthEndpoints:
         old, new = field(body, "old_password"), field(body, "new_password")
         if req.principal.get("claims", {}).get("typ") == "api":
             raise InvalidRequest("API tokens cannot change passwords; log in as the user")
-        self.throttle.check(req.sub, req.client)
-        try:
+        with self.throttle.attempt(req.sub, req.client):
             self.users.authenticate(req.sub, old)
-        except InvalidCredentials:
-            self.throttle.failure(req.sub, req.client)
-            raise
         self.users.set_password(req.sub, new)
         revoked = self.tokens.revoke_user_refresh(req.sub)
         log.info("password of %s changed; %d refresh token(s) revoked", req.sub, revoked)

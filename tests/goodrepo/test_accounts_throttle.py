@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
 
 from goodrepo.accounts import LoginThrottle
-from goodrepo.errors import RateLimited
+from goodrepo.errors import InvalidCredentials, RateLimited, StoreError
 
 
 class Clock:
@@ -95,6 +96,29 @@ def test_success_resets_the_username_not_the_address(throttle):
     with pytest.raises(RateLimited):
         throttle.check("alice", "192.0.2.1")  # the address is still over its limit
     throttle.check("alice", "192.0.2.9")
+
+
+def test_attempts_under_way_count_against_the_limit(throttle):
+    with contextlib.ExitStack() as running:
+        for i in range(3):  # three guesses at once, from three addresses
+            running.enter_context(throttle.attempt("alice", f"192.0.2.{i}"))
+        with pytest.raises(RateLimited):
+            running.enter_context(throttle.attempt("alice", "192.0.2.9"))
+    assert len(throttle) == 0  # none failed: all taken back
+
+
+def test_an_attempt_is_a_failure_only_if_the_password_was_wrong(throttle):
+    for error in (InvalidCredentials, StoreError):
+        with pytest.raises(error), throttle.attempt("alice", "192.0.2.1"):
+            raise error()
+    with throttle.attempt("alice", "192.0.2.1"):
+        pass  # a success forgets the username's failure
+    for _ in range(2):
+        with pytest.raises(InvalidCredentials), throttle.attempt("bob", "192.0.2.1"):
+            raise InvalidCredentials()
+    with pytest.raises(RateLimited):  # the address: alice's one failure and bob's two
+        throttle.check("carol", "192.0.2.1")
+    throttle.check("alice", "192.0.2.2")
 
 
 def test_no_address(throttle):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,39 @@ def test_login_throttled_per_address(tmp_path: Path) -> None:
         assert int(res.headers["Retry-After"]) > 0
     finally:
         app.close()
+
+
+def test_concurrent_guesses_get_no_more_than_the_limit(
+    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each from an address of its own, all checked at once: the per-username limit
+    # (5/minute) holds for guesses under way as for guesses done.
+    real = stack.users.authenticate
+
+    def slow(*args: Any) -> Any:
+        time.sleep(0.2)  # every guess is let in or refused before the first one ends
+        return real(*args)
+
+    monkeypatch.setattr(stack.users, "authenticate", slow)
+    start = threading.Barrier(12)
+    statuses: list[int] = []
+
+    def guess(i: int) -> None:
+        start.wait()
+        res = web.post_json(
+            "/auth/login",
+            {"username": "admin", "password": f"guess number {i}"},
+            extra_environ={"REMOTE_ADDR": f"192.0.2.{i + 1}"},
+            expect_errors=True,
+        )
+        statuses.append(res.status_int)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [401] * 5 + [429] * 7
 
 
 def test_refresh_rotates_and_replay_revokes_the_family(web: webtest.TestApp) -> None:
