@@ -81,8 +81,8 @@ _STORAGE_ERROR_CHOICES = ("open", "closed")
 class Rule:
     """One rate limit and the requests it covers.
 
-    ``limit`` is a ``limits`` string; ``methods`` restricts it to those methods (default
-    all); at most one of ``path`` (exact), ``prefix`` or ``regex`` (``re.search`` on
+    ``limit`` is a ``limits`` string; ``methods`` restricts it to those methods, in any
+    case (default all); at most one of ``path`` (exact), ``prefix`` or ``regex`` (``re.search`` on
     ``PATH_INFO``) restricts the paths (default all). ``key`` says whose requests are
     counted together: ``"client"`` (the client address, default), ``"principal"`` (the
     authenticated subject; the client address for anonymous requests) or a callable
@@ -384,7 +384,12 @@ class RateLimitMiddleware:
         tightest: tuple[_Limit, float, int] | None = None
         try:
             for rule in self._rules:
-                if rule.methods is not None and method not in rule.methods:
+                if (
+                    rule.methods is not None
+                    and method not in rule.methods
+                    # Many apps route a method whatever its case: so does the rule.
+                    and method.upper() not in rule.methods
+                ):
                     continue
                 if rule.matches_path is not None and not rule.matches_path(path):
                     continue

@@ -80,6 +80,16 @@ def test_rule_matching(
     app.request(path, method=method, status=429 if applies else 200)
 
 
+def test_a_method_counts_whatever_its_case(recording_app: RecordingApp) -> None:
+    # The core app, like other werkzeug apps, routes "post" as a POST; so must the rule.
+    # (PEP 3333's lint wants methods upper-case, hence lint off.)
+    app = TestApp(
+        RateLimitMiddleware(recording_app, rules=[Rule("1/minute", methods=["POST"])]), lint=False
+    )
+    app.request("/auth/login", method="post")
+    app.request("/auth/login", method="POST", status=429)
+
+
 def test_clients_are_counted_apart_by_address(recording_app: RecordingApp) -> None:
     app = limited(recording_app, Rule("1/minute"))
     app.get("/x", extra_environ=addr("10.0.0.1"))
