@@ -121,7 +121,7 @@ class GoodrepoApp:
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway,
             max_lifetime=settings.api_token_max_ttl + 86400,
-            public_paths=(*DEFAULT_PUBLIC_PATHS, "/auth/logout", "/metrics"),
+            public_paths=(*DEFAULT_PUBLIC_PATHS, "/metrics"),
             allow_anonymous_read=settings.allow_anon_read,
             is_revoked=self._is_revoked,
         )

@@ -220,15 +220,17 @@ class TokenService(ApiTokens):
             raise Unauthorized("refresh token already used; its session is revoked")
         return username, new
 
-    def revoke_refresh(self, token: str) -> None:
+    def revoke_refresh(self, token: str, *, username: str | None = None) -> None:
         """Revoke ``token`` and its family (logout); :class:`Unauthorized` when it is not
-        a live token. A spent token revokes its family too, as on refresh, then is
-        refused."""
+        a live token (of ``username``, when given). A spent token revokes its family too,
+        as on refresh, then is refused."""
         digest = _digest(token)
         with self.kv.transaction() as txn:
             record = txn.get_json(_store.refresh_key(digest), lock=True)
             if record is None or record["expires_at"] <= self.clock():
                 raise Unauthorized("invalid refresh token")
+            if username is not None and record["username"] != username:
+                raise Unauthorized("invalid refresh token")  # not one of yours
             fkey = _store.family_key(record["username"], record["family"])
             family = txn.get_json(fkey, lock=True)
             if family is None:

@@ -74,7 +74,7 @@ class AuthEndpoints:
         return self._session(user, new_refresh, issued_at)
 
     def logout(self, req: ApiRequest) -> dict[str, Any]:
-        self.tokens.revoke_refresh(field(req.json(), "refresh_token"))
+        self.tokens.revoke_refresh(field(req.json(), "refresh_token"), username=req.sub)
         return {"ok": True}
 
     def me(self, req: ApiRequest) -> dict[str, Any]:

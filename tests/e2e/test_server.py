@@ -616,9 +616,12 @@ def test_refresh_rotation_and_replay(srv: ServerProcess) -> None:
     unknown = srv.request("POST", "/auth/refresh", json={"refresh_token": "made-up"})
     assert_error(unknown, 401, "UNAUTHORIZED")
 
-    # Logout revokes the refresh token it is given.
+    # Logout, with a token like every endpoint but login and refresh, revokes the
+    # refresh token it is given.
     third = srv.login("refresher", USER_PASSWORD)
-    r = srv.request("POST", "/auth/logout", json={"refresh_token": third["refresh_token"]})
+    body = {"refresh_token": third["refresh_token"]}
+    assert_error(srv.request("POST", "/auth/logout", json=body), 401, "UNAUTHORIZED")
+    r = srv.request("POST", "/auth/logout", json=body, token=third["token"])
     assert r.status_code == 200
     gone = srv.request("POST", "/auth/refresh", json={"refresh_token": third["refresh_token"]})
     assert_error(gone, 401, "UNAUTHORIZED")
