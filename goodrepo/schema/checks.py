@@ -180,6 +180,10 @@ def _ref_exists(schema: dict[str, Any], ref: str, name: str) -> bool:
     return isinstance(node, dict) and name in node
 
 
+def _index_spec(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in schema.get("indexes", []) if s["name"] == name)
+
+
 def _index_names(schema: dict[str, Any]) -> set[str]:
     return {index["name"] for index in schema.get("indexes", [])}
 
@@ -243,6 +247,12 @@ def _check_arg(kind: str, value: Any) -> str | None:
     return None if ok else f"must be {kind.replace('varref', 'a $variable reference')}"
 
 
+# The checker follows one path through a pipeline: these ops must be on every path.
+_NEVER_CONDITIONAL = frozenset(
+    {"txn.begin", "txn.commit", "txn.abort", "blob.put", "blob.verify_digest"}
+)
+
+
 def _check_pipeline(
     schema: dict[str, Any], route: dict[str, Any], params: set[str], path: str, problems: Problems
 ) -> None:
@@ -271,6 +281,12 @@ def _check_pipeline(
             problems.add(f"{where}.op", _unknown_op(name))
             continue
         args = {k: v for k, v in step.items() if k not in ("op", "when")}
+        if "when" in step and name in _NEVER_CONDITIONAL:
+            problems.add(
+                f"{where}.when",
+                f"{name} cannot be conditional: the checks of a pipeline's transaction and "
+                "blobs must hold on every path",
+            )
         arg_ok = True
         for key in args:
             if key not in spec.args:
@@ -320,6 +336,14 @@ def _check_pipeline(
             raw_fields = args.get("fields")
             overrides: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
             reads_fields |= {f for f in key_fields if f not in overrides}
+        if arg_ok and name in ("index.latest", "index.scan", "index.groups"):
+            depth = len(_index_spec(schema, args["index"])["group_by"])
+            if name == "index.groups" and len(args["parent"]) >= depth:
+                problems.add(f"{where}.parent", "must be shorter than the index's group_by")
+            elif name != "index.groups" and len(args["group"]) != depth:
+                problems.add(
+                    f"{where}.group", "must give one value per field of the index's group_by"
+                )
         if name == "kv.delete_where" and not (
             isinstance(args.get("where"), dict) and args["where"]
         ):
@@ -365,14 +389,15 @@ def _check_pipeline(
             if not in_txn:
                 problems.add(where, f"{name} without txn.begin")
             in_txn = False
-            if name == "txn.commit" and "when" not in step:
+            if name == "txn.commit":
                 unstored.clear()
         elif spec.kv_write and not in_txn:
             problems.add(where, f"{name} writes and must be inside txn.begin ... txn.commit")
+        if spec.terminal and in_txn and name != "respond.error":
+            # Conditional or not: the open transaction would be discarded unseen.
+            problems.add(where, "responds while a transaction is still open")
         if spec.terminal and "when" not in step:
             ended = True
-            if in_txn and name != "respond.error":
-                problems.add(where, "responds while a transaction is still open")
             for var in unverified:
                 problems.add(unverified[var], "blob.put is never followed by blob.verify_digest")
             unverified.clear()

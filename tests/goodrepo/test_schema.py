@@ -13,6 +13,8 @@ from goodrepo import schema as schema_mod
 from goodrepo.errors import InvalidConfig
 from goodrepo.repository import Repository
 
+PROXY_ON = {"equals": ["$features.proxy_enabled", True]}
+
 
 def route(s: dict[str, Any], route_id: str) -> dict[str, Any]:
     return next(r for r in s["routes"] if r["id"] == route_id)
@@ -253,6 +255,40 @@ BROKEN = [
         ".pipeline",
         "must end with an unconditional respond",
         id="no-response",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "namespaces", "index.groups").update(parent=["a", "b"])),
+        ".parent",
+        "must be shorter than the index's group_by",
+        id="groups-parent-too-deep",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "index.latest").update(group=["{namespace}"])),
+        ".group",
+        "one value per field of the index's group_by",
+        id="latest-group-too-short",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "blob.verify_digest").update(when=PROXY_ON)),
+        "$.routes[0].pipeline[",
+        "blob.verify_digest cannot be conditional",
+        id="conditional-verify",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "put_tag", "txn.commit").update(when=PROXY_ON)),
+        ".when",
+        "txn.commit cannot be conditional",
+        id="conditional-commit",
+    ),
+    pytest.param(
+        _call(
+            lambda s: route(s, "put_tag")["pipeline"].insert(
+                -2, {"op": "respond.json", "body": {"ok": True}, "when": PROXY_ON}
+            )
+        ),
+        "$.routes[",
+        "responds while a transaction is still open",
+        id="conditional-answer-in-transaction",
     ),
     pytest.param(
         _call(lambda s: step(s, "publish_blob", "txn.commit").update(op="txn.abort")),
