@@ -125,9 +125,15 @@ class Repository:
         """Validate, store and hot-swap a schema; raises InvalidConfig, changing nothing."""
         validated = schema_mod.validate(copy.deepcopy(new_schema))
         with self._swap_lock:
+            stranded = self._runtime.stranded_by(validated)
+            if stranded:
+                raise InvalidConfig(stranded, "the schema would strand stored data")
             # Build everything the new schema needs before storing it: a swap that
             # fails must leave the stored schema as it was.
-            runtime = Runtime(validated, self.services)
+            try:
+                runtime = Runtime(validated, self.services)
+            except ValueError as err:  # an op refused its arguments: the schema's fault
+                raise InvalidConfig([{"path": "$.routes", "message": str(err)}]) from err
             cache = self.services.cache.prepare(validated.get("caching", {}))
             with self.kv.transaction() as txn:
                 txn.put_json(SCHEMA_KEY, validated)

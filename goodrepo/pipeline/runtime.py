@@ -252,11 +252,93 @@ class Runtime:
             steps.append(Step(spec.name, spec.build(args, self), when))
         return steps
 
+    def stranded_by(self, schema: dict[str, Any]) -> list[dict[str, str]]:
+        """What replacing this schema by ``schema`` would strand, as problems (``path``,
+        ``message``) for :class:`~goodrepo.errors.InvalidConfig`; empty when nothing.
+
+        Stored data is never rewritten, so its layout is fixed once there is some: a blob
+        store that holds blobs keeps its ``root`` and ``path_template``, a kind of
+        document that holds documents keeps its store and key, and an index over stored
+        documents keeps its definition and its entity's versioning (its rows are sorted
+        by it). Each may still be removed, added or changed while it is empty.
+        """
+        problems: list[dict[str, str]] = []
+        stores, old_stores = (
+            schema["storage"]["blob_stores"],
+            self.schema["storage"]["blob_stores"],
+        )
+        for name, store in self.blob_stores.items():
+            spec, old = stores.get(name), old_stores[name]
+            moved = spec is None or any(spec[k] != old[k] for k in ("root", "path_template"))
+            if moved and next(store.iter_digests(), None) is not None:
+                problems.append(
+                    {
+                        "path": f"$.storage.blob_stores.{name}",
+                        "message": "holds blobs, so its root and path_template cannot change "
+                        "and it cannot be removed: they would be out of reach",
+                    }
+                )
+        documents = schema["storage"]["documents"]
+        for name, doc in self.documents.items():
+            spec = documents.get(name)
+            if (spec is None or (spec["store"], spec["key"]) != self._document_layout(name)) and (
+                self._holds_documents(doc)
+            ):
+                problems.append(
+                    {
+                        "path": f"$.storage.documents.{name}",
+                        "message": "holds documents, so its store and key cannot change and it "
+                        "cannot be removed: they would be out of reach",
+                    }
+                )
+        old_indexes = {
+            s["name"]: _index_layout(self.schema, s) for s in self.schema.get("indexes", [])
+        }
+        new_indexes = {s["name"]: _index_layout(schema, s) for s in schema.get("indexes", [])}
+        for name in sorted(old_indexes.keys() | new_indexes.keys()):
+            if old_indexes.get(name) == new_indexes.get(name):
+                continue
+            has_rows = name in self.indexes and self.indexes[name].has_rows()
+            spec = next((s for s in schema.get("indexes", []) if s["name"] == name), None)
+            over = spec and documents.get(spec["document"])
+            if has_rows or (
+                over and self._holds_documents(Document(name, over["store"], over["key"]))
+            ):
+                problems.append(
+                    {
+                        "path": f"$.indexes[{name}]",
+                        "message": "indexes stored documents, so it cannot be added, changed "
+                        "or removed, nor its entity's versioning: its rows would be wrong",
+                    }
+                )
+        return problems
+
+    def _document_layout(self, name: str) -> tuple[str, str]:
+        spec = self.schema["storage"]["documents"][name]
+        return spec["store"], spec["key"]
+
+    def _holds_documents(self, doc: Document) -> bool:
+        literal = doc.parts[0] if doc.parts and isinstance(doc.parts[0], str) else ""
+        return next(self.kv.scan(doc.prefix + literal.encode("ascii"), limit=1), None) is not None
+
     def check(self) -> None:
         """Health probe of every store this schema uses."""
         self.kv.check()
         for store in self.blob_stores.values():
             store.check()
+
+
+def _index_layout(schema: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything an index's rows depend on."""
+    return (
+        spec.get("kind"),
+        spec["entity"],
+        spec["document"],
+        tuple(spec["group_by"]),
+        spec.get("version_field", "version"),
+        spec.get("variant_field", "variant"),
+        schema["entities"][spec["entity"]]["versioning"]["scheme"],
+    )
 
 
 def compile_fields(

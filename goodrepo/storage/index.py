@@ -139,6 +139,10 @@ class VersionIndex:
 
     # -- writes (inside a transaction) --------------------------------------------------
 
+    def has_rows(self) -> bool:
+        """Whether the index holds any row."""
+        return next(self.kv.scan(self._base, limit=1), None) is not None
+
     def put(self, txn: Transaction, row: dict[str, Any]) -> bool:
         """Insert or replace ``row``; returns True when it is new."""
         primary, others = self._row_keys(row)
