@@ -115,6 +115,7 @@ def _prepare_key(kid: str, value: Any, allowed: Sequence[str]) -> _Key:
     if isinstance(value, jwt.PyJWK):
         raw, only = value.key, value.algorithm_name
     suited: list[str] = []
+    weaknesses: list[str] = []
     prepared: Any = None
     for name in allowed:
         if only is not None and name != only:
@@ -125,15 +126,20 @@ def _prepare_key(kid: str, value: Any, allowed: Sequence[str]) -> _Key:
         except _KEY_PREPARE_ERRORS:
             continue
         weakness = algorithm.check_key_length(candidate)
-        if weakness:
-            raise ValueError(f"keys[{kid!r}]: {weakness}")
+        if weakness:  # too short for this algorithm (HS512 wants more than HS256): not used
+            weaknesses.append(weakness)
+            continue
         if hasattr(candidate, "public_key"):
             candidate = candidate.public_key()  # a private key: verify with its public half
         suited.append(name)
         prepared = candidate
     if not suited:
-        raise ValueError(f"keys[{kid!r}]: the key suits none of the algorithms {list(allowed)}")
+        why = weaknesses[0] if weaknesses else f"the key suits none of {list(allowed)}"
+        raise ValueError(f"keys[{kid!r}]: {why}")
     return _Key(prepared, tuple(suited))
+
+
+_NOT_CACHED = object()
 
 
 class _KeyRing:
@@ -169,8 +175,11 @@ class _KeyRing:
             hash(cache_key)
         except TypeError:
             cache_key = None
-        if cache_key is not None and cache_key in self._cache:
-            return self._cache[cache_key]
+        if cache_key is not None:
+            # One lookup: another thread may clear the cache between two.
+            cached = self._cache.get(cache_key, _NOT_CACHED)
+            if cached is not _NOT_CACHED:
+                return cached  # type: ignore[return-value]
         try:
             prepared: _Key | None = _prepare_key(kid, value, self._algorithms)
         except ValueError as err:

@@ -32,6 +32,10 @@ Keys:
     set by :class:`middleware.ratelimit.RateLimitMiddleware`: the client address after
     ``X-Forwarded-For`` from trusted proxies was applied; the access log prefers it to
     ``REMOTE_ADDR``.
+``RATELIMIT_SHOWN``
+    set by :class:`middleware.ratelimit.RateLimitMiddleware`: ``(requests remaining,
+    headers)`` of the tightest limit charged so far, so that of several instances stacked
+    only the tightest adds its ``RateLimit-*`` headers to the answer.
 """
 
 from __future__ import annotations
@@ -42,5 +46,14 @@ ROUTE = "goodrepo.route"
 ERROR_CODE = "goodrepo.error_code"
 METRICS = "goodrepo.metrics"
 CLIENT_ADDR = "goodrepo.client_addr"
+RATELIMIT_SHOWN = "goodrepo.ratelimit_shown"
 
-__all__ = ["CLIENT_ADDR", "ERROR_CODE", "METRICS", "PRINCIPAL", "REQUEST_ID", "ROUTE"]
+__all__ = [
+    "CLIENT_ADDR",
+    "ERROR_CODE",
+    "METRICS",
+    "PRINCIPAL",
+    "RATELIMIT_SHOWN",
+    "REQUEST_ID",
+    "ROUTE",
+]

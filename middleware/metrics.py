@@ -69,7 +69,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -155,6 +155,21 @@ class _Timed(ResponseBody):
     ) -> Callable[[bytes], object]:
         self.status = status
         return self._start_response(status, headers, exc_info)
+
+    def wrap(self, app_iter: Iterable[bytes]) -> None:
+        super().wrap(app_iter)
+        if type(app_iter) is not list:  # a list cannot fail on its way out
+            self._iter = self._watched(self._iter)
+
+    def _watched(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        # A loop, not "yield from": closing this must not close the app's body again
+        # (ResponseBody.close does that, once).
+        try:
+            for chunk in chunks:  # noqa: UP028 (see above)
+                yield chunk
+        except Exception:
+            self.failed = True
+            raise
 
     def finish(self) -> None:
         """Record the finished request."""
@@ -315,7 +330,12 @@ class MetricsMiddleware:
             app_iter, timed.finish
         ):
             return app_iter  # the server sends its own file wrapper best unwrapped
-        timed.wrap(app_iter)
+        try:
+            timed.wrap(app_iter)
+        except BaseException:  # not iterable: the server answers for it
+            timed.failed = True
+            timed.finish()
+            raise
         return timed
 
     def _serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

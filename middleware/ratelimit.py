@@ -38,7 +38,8 @@ Usage::
     ...
     app.close()  # when done with it: closes the Redis connections it opened
 
-Environ keys: sets ``goodrepo.client_addr``; reads ``goodrepo.principal`` for rules keyed
+Environ keys: sets ``goodrepo.client_addr`` and ``goodrepo.ratelimit_shown`` (which of
+several stacked instances shows its headers); reads ``goodrepo.principal`` for rules keyed
 by ``"principal"`` (place an instance inside the auth middleware for those); the refusals
 set ``goodrepo.error_code``.
 """
@@ -62,7 +63,7 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
 
 from middleware.errors import error_response
-from middleware.keys import CLIENT_ADDR, PRINCIPAL
+from middleware.keys import CLIENT_ADDR, PRINCIPAL, RATELIMIT_SHOWN
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -407,11 +408,18 @@ class RateLimitMiddleware:
         if tightest is None:
             return self.app(environ, start_response)
         limit_headers = _limit_headers(*tightest)
+        # With instances stacked, the one with the fewest requests left shows its
+        # headers: each further in takes over if it is tighter (see _refuse).
+        shown = environ.get(RATELIMIT_SHOWN)
+        if shown is None or tightest[2] < shown[0]:
+            environ[RATELIMIT_SHOWN] = (tightest[2], limit_headers)
 
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Callable[[bytes], object]:
-            return start_response(status, headers + limit_headers, exc_info)
+            if environ[RATELIMIT_SHOWN][1] is limit_headers:
+                headers = headers + limit_headers
+            return start_response(status, headers, exc_info)
 
         return self.app(environ, _start_response)
 
@@ -474,6 +482,7 @@ class RateLimitMiddleware:
         reset: float,
     ) -> Iterable[bytes]:
         headers = _limit_headers(limit, reset, 0)
+        environ[RATELIMIT_SHOWN] = (0, headers)  # these go out, not an outer instance's
         headers.append(("Retry-After", str(max(1, _seconds_until(reset)))))
         response = error_response(
             environ,

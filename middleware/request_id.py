@@ -44,12 +44,13 @@ Environ keys: sets ``goodrepo.request_id``; reads, when the body closes,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +102,7 @@ class _Exchange(ResponseBody):
     __slots__ = (
         "_middleware",
         "_start_response",
+        "_write",
         "request_id",
         "environ",
         "started",
@@ -141,9 +143,17 @@ class _Exchange(ResponseBody):
             name = middleware._header_lower
             headers = [item for item in headers if item[0].lower() != name]
         headers = [*headers, (middleware._header, self.request_id)]
+        # Recorded once the server took them: one it refuses (an error answer after the
+        # headers went out) leaves the status that was sent.
+        write = self._start_response(status, headers, exc_info)
         self.status = status
         self.headers = headers
-        return self._start_response(status, headers, exc_info)
+        return write
+
+    def fail(self) -> None:
+        """The app failed where no answer of ours can go out: log the request as failed."""
+        self.failed = True
+        self.finish()
 
     def finish(self) -> None:
         """Write the access-log line if this request is logged; clear the request ID."""
@@ -160,9 +170,20 @@ class _Exchange(ResponseBody):
 
 
 class _LoggedExchange(_Exchange):
-    """An exchange whose access-log line is written: it counts the body as it goes."""
+    """An exchange whose access-log line is written: it counts the body as it goes,
+    through the legacy ``write()`` callable too."""
 
     __slots__ = ()
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        self._write = super().start_response(status, headers, exc_info)
+        return self.write
+
+    def write(self, data: bytes) -> object:
+        self.bytes += len(data)
+        return self._write(data)
 
     def __iter__(self) -> _LoggedExchange:
         return self
@@ -228,27 +249,43 @@ class RequestIDMiddleware:
             exchange = _Exchange(self, environ, start_response, request_id, context_token, None)
         try:
             app_iter = self.app(environ, exchange.start_response)
+            if exchange.status is None and self._catch_errors:
+                # A generator app runs only when iterated: run it to its start_response
+                # now, while a failure can still be answered with a JSON 500.
+                app_iter = _started(app_iter)
         except Exception:
             if not self._catch_errors:
-                exchange.failed = True
-                exchange.finish()
+                exchange.fail()
                 raise
-            log.exception("unhandled error in the application")
-            exc_info = sys.exc_info()
-            response = error_response(environ, 500, "INTERNAL_ERROR", "internal server error")
-            app_iter = response(
-                environ, lambda status, headers: exchange.start_response(status, headers, exc_info)
-            )
-            del exc_info
-
+            app_iter = self._internal_error(environ, exchange)
         if type(app_iter) is environ.get("wsgi.file_wrapper"):
             # Hand the server its own file wrapper back so it can send the file itself;
             # the log line waits for its close() and counts the declared length.
             if after_close(app_iter, exchange.finish):
                 exchange.bytes = _declared_length(exchange.headers)
                 return app_iter
-        exchange.wrap(app_iter)
+        try:
+            exchange.wrap(app_iter)
+        except BaseException:  # not iterable: the server answers for it
+            exchange.fail()
+            raise
         return exchange
+
+    def _internal_error(self, environ: WSGIEnvironment, exchange: _Exchange) -> Iterable[bytes]:
+        """The JSON 500 for the exception being handled; re-raises it when the headers
+        have gone out already (the server then ends the response, and logs the error)."""
+        response = error_response(environ, 500, "INTERNAL_ERROR", "internal server error")
+
+        def start_response(status: str, headers: list[tuple[str, str]]) -> Any:
+            return exchange.start_response(status, headers, sys.exc_info())
+
+        try:
+            app_iter = response(environ, start_response)
+        except BaseException:
+            exchange.fail()
+            raise
+        log.exception("unhandled error in the application")
+        return app_iter
 
     def _incoming(self, environ: WSGIEnvironment) -> str | None:
         if not self._trust_incoming:
@@ -280,7 +317,7 @@ def _write_access_log(logger: logging.Logger, exchange: _Exchange) -> None:
         "path": path,
         "route": environ.get(ROUTE),
         "status": status,
-        "bytes": exchange.bytes,
+        "bytes": 0 if method == "HEAD" else exchange.bytes,  # the server sends no body
         "duration_ms": round((time.perf_counter() - exchange.started) * 1000.0, 3),
         "client": environ.get(CLIENT_ADDR) or environ.get("REMOTE_ADDR"),
         "user": principal.get("sub") if isinstance(principal, dict) else None,
@@ -288,6 +325,36 @@ def _write_access_log(logger: logging.Logger, exchange: _Exchange) -> None:
         "error_code": error_code,
     }
     logger.info("%s %s %s", method, path, status, extra=fields)
+
+
+def _started(app_iter: Iterable[bytes]) -> Iterable[bytes]:
+    """``app_iter`` with its first chunk already taken (so its start_response has run),
+    closed if that fails."""
+    chunks = iter(app_iter)
+    try:
+        first = next(chunks)
+    except StopIteration:
+        return app_iter
+    except BaseException:
+        close = getattr(app_iter, "close", None)
+        if close is not None:
+            close()
+        raise
+    return _Resumed(first, chunks, getattr(app_iter, "close", None))
+
+
+class _Resumed:
+    """A started body: its first chunk, then the rest; closes the original."""
+
+    __slots__ = ("_chunks", "close")
+
+    def __init__(self, first: bytes, rest: Iterator[bytes], close: Callable[[], Any] | None):
+        self._chunks = itertools.chain((first,), rest)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
 
 
 def _random_hex() -> str:
@@ -320,4 +387,7 @@ def _logged_path(environ: WSGIEnvironment) -> str:
     # Every character _CONTROL matches is unprintable: a printable path needs no look.
     if path.isprintable():
         return path
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
+    path = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
+    if len(path) > _MAX_LOGGED_PATH + 3:  # escapes make it longer: cap it again
+        path = path[:_MAX_LOGGED_PATH] + "..."
+    return path

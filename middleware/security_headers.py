@@ -122,6 +122,11 @@ class SecurityHeadersMiddleware:
         )
         if len({line for line, _ in self._defaults}) != len(self._defaults):
             raise ValueError("extra_headers: repeats a header this middleware already sets")
+        if self._csp is not None and "\ncontent-security-policy\n" in dict(self._defaults):
+            raise ValueError(
+                "extra_headers: Content-Security-Policy is content_security_policy's (set that "
+                "to None to send your own on every answer)"
+            )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         defaults = self._defaults

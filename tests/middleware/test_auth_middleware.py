@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -513,3 +514,19 @@ def test_the_cache_is_bounded(
     assert decode.calls == 3  # the last two stayed
     app.get("/x", headers=bearer(tokens[0]))
     assert decode.calls == 4  # the first was pushed out
+
+
+def test_a_key_is_kept_for_the_algorithms_it_is_long_enough_for(
+    recording_app: RecordingApp,
+) -> None:
+    key = "k" * 32  # enough for HS256, too short for HS512
+    app = TestApp(
+        JWTAuthMiddleware(recording_app, keys={"k1": key}, algorithms=["HS256", "HS512"])
+    )
+    app.get("/x", headers=bearer(make_token(key=key)), status=200)
+    with warnings.catch_warnings():  # pyjwt warns of the short key when it signs
+        warnings.simplefilter("ignore")
+        hs512 = make_token(key=key, algorithm="HS512")
+    app.get("/x", headers=bearer(hs512), status=401)
+    with pytest.raises(ValueError, match="keys"):
+        JWTAuthMiddleware(recording_app, keys={"k1": "k" * 31}, algorithms=["HS256", "HS512"])

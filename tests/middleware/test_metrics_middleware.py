@@ -95,6 +95,43 @@ def test_an_exception_is_counted_as_a_500(registry: CollectorRegistry) -> None:
     assert sample(registry, "goodrepo_http_requests_in_flight") == 0
 
 
+def test_an_exception_while_the_body_streams_is_counted_as_a_500(
+    registry: CollectorRegistry,
+) -> None:
+    def chunks() -> Any:
+        yield b"part"
+        raise OSError("disk gone")
+
+    recording = RecordingApp(body=chunks)
+    _, _, body, _ = call(MetricsMiddleware(recording, registry=registry))
+    with pytest.raises(OSError):
+        list(body)
+    body.close()
+    labels = {"method": "GET", "route": "unmatched", "status": "500"}
+    assert sample(registry, "goodrepo_http_requests_total", **labels) == 1
+    assert (
+        sample(registry, "goodrepo_http_errors_total", route="unmatched", code="INTERNAL_ERROR")
+        == 1
+    )
+    assert recording.closed == 1  # the app's body, closed once
+
+
+def test_an_app_that_returns_no_iterable_leaves_no_request_in_flight(
+    registry: CollectorRegistry,
+) -> None:
+    def broken(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return None
+
+    app = MetricsMiddleware(broken, registry=registry)
+    for _ in range(2):
+        with pytest.raises(TypeError):
+            call(app)
+    assert sample(registry, "goodrepo_http_requests_in_flight") == 0
+    labels = {"method": "GET", "route": "unmatched", "status": "500"}
+    assert sample(registry, "goodrepo_http_requests_total", **labels) == 2
+
+
 def test_the_recorder_counts_declared_events_only(registry: CollectorRegistry) -> None:
     def inspect(environ: dict) -> None:
         recorder = environ[METRICS]

@@ -433,3 +433,18 @@ def test_memory_windows_of_idle_clients_are_swept(
     storage.clear("anything")
     assert storage.reset() == 1
     assert len(storage._windows) == 0
+
+
+def test_two_instances_stacked_answer_with_the_tighter_limit(recording_app: RecordingApp) -> None:
+    inner = RateLimitMiddleware(recording_app, rules=[Rule("2/minute")], key_prefix="inner")
+    app = limited(inner, Rule("50/second"), key_prefix="outer")
+
+    def limits(response: Any) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in response.headerlist if k.lower().startswith("ratelimit-")]
+
+    first = app.get("/x")
+    assert [v for _, v in limits(first)][:2] == ["2", "1"]  # the inner one: 1 left of 2
+    app.get("/x")
+    refused = app.get("/x", status=429)
+    assert [v for _, v in limits(refused)][:2] == ["2", "0"]
+    assert len(limits(refused)) == 3

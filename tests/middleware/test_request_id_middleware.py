@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 from typing import Any
-from wsgiref.util import FileWrapper
+from wsgiref.util import FileWrapper, setup_testing_defaults
 
 import pytest
 from hypothesis import given
@@ -263,6 +263,116 @@ def test_an_error_while_streaming_is_logged_as_such(records: list) -> None:
     body.close()
     (line,) = access_records(records)
     assert (line.status, line.bytes, line.error_code) == (200, 4, "INTERNAL_ERROR")
+
+
+class Server:
+    """A server's side of PEP 3333: start_response, write() and the re-raise of exc_info
+    once the headers went out."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+        self.sent = b""
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Any:
+        if exc_info is not None and self.sent:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.statuses.append(status)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def run(self, app: Any, method: str = "GET") -> bytes:
+        environ = {"REQUEST_METHOD": method}
+        setup_testing_defaults(environ)
+        body = app(environ, self.start_response)
+        try:
+            for chunk in body:
+                self.sent += chunk
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        return self.sent
+
+
+def test_an_exception_after_the_headers_went_out_is_logged_once_for_the_server(
+    records: list,
+) -> None:
+    def half_sent(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])(b"partial")
+        raise RuntimeError("boom")
+
+    server = Server()
+    with pytest.raises(RuntimeError):  # the server ends the response and logs the error
+        server.run(RequestIDMiddleware(half_sent))
+    (line,) = access_records(records)
+    assert (line.status, line.bytes, line.error_code) == (200, 7, "INTERNAL_ERROR")
+    assert not [r for r in records if r.name == "middleware.request_id"]
+    assert current_request_id() is None
+
+
+def test_a_generator_app_that_fails_before_answering_gets_the_json_500(records: list) -> None:
+    closed = []
+
+    def lazy(environ: dict, start_response: Any) -> Any:
+        try:
+            if environ:
+                raise RuntimeError("db down")
+            yield b""
+        finally:
+            closed.append(True)
+
+    server = Server()
+    body = json.loads(server.run(RequestIDMiddleware(lazy)))
+    assert server.statuses == ["500 Internal Server Error"]
+    assert body["error"]["code"] == "INTERNAL_ERROR" and closed == [True]
+    (line,) = access_records(records)
+    assert (line.status, line.error_code) == (500, "INTERNAL_ERROR")
+
+
+def test_a_generator_app_streams_through_whole(records: list) -> None:
+    def lazy(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"one "
+        yield b"two"
+
+    assert Server().run(RequestIDMiddleware(lazy)) == b"one two"
+    (line,) = access_records(records)
+    assert (line.status, line.bytes) == (200, 7)
+
+
+def test_bytes_sent_through_write_are_counted(records: list) -> None:
+    def legacy(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", "10")])(b"0123456789")
+        return []
+
+    assert Server().run(RequestIDMiddleware(legacy)) == b"0123456789"
+    (line,) = access_records(records)
+    assert line.bytes == 10
+
+
+def test_a_head_request_logs_no_body_bytes(records: list) -> None:
+    Server().run(RequestIDMiddleware(RecordingApp()), method="HEAD")
+    (line,) = access_records(records)
+    assert line.bytes == 0
+
+
+def test_an_app_that_returns_no_iterable_is_still_logged(records: list) -> None:
+    def broken(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return None
+
+    with pytest.raises(TypeError):
+        Server().run(RequestIDMiddleware(broken))
+    (line,) = access_records(records)
+    assert line.error_code == "INTERNAL_ERROR"
+    assert current_request_id() is None
+
+
+def test_the_logged_path_is_capped_after_escaping() -> None:
+    logged = request_id_module._logged_path({"PATH_INFO": "/" + "\n" * 3000})
+    assert len(logged) == 2048 + 3 and logged.endswith("...")
 
 
 CONFIG_ERRORS = [

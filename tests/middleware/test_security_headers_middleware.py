@@ -126,6 +126,11 @@ CONFIG_ERRORS = [
     pytest.param({"hsts_max_age": "1y"}, "hsts_max_age", id="hsts-not-int"),
     pytest.param({"extra_headers": {"Bad Name": "x"}}, "extra_headers", id="bad-name"),
     pytest.param({"extra_headers": {"X-Frame-Options": "DENY"}}, "extra_headers", id="duplicate"),
+    pytest.param(
+        {"extra_headers": {"content-security-policy": "default-src 'none'"}},
+        "extra_headers",
+        id="csp-twice",
+    ),
     pytest.param({"content_security_policy": "é"}, "content_security_policy", id="non-ascii"),
 ]
 
@@ -134,3 +139,10 @@ CONFIG_ERRORS = [
 def test_bad_configuration_is_refused_naming_the_option(options: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         SecurityHeadersMiddleware(RecordingApp(), **options)
+
+
+def test_a_csp_of_ones_own_goes_on_every_answer_when_the_default_is_off() -> None:
+    own = {"Content-Security-Policy": "default-src 'none'"}
+    html = RecordingApp(headers=[("Content-Type", "text/html")])
+    app = TestApp(SecurityHeadersMiddleware(html, content_security_policy=None, extra_headers=own))
+    assert app.get("/").headers.getall("Content-Security-Policy") == ["default-src 'none'"]
