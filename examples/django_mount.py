@@ -60,7 +60,7 @@ from django.urls import path
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from goodrepo import create_app
-from goodrepo.errors import ConfigurationError, StoreError
+from goodrepo.errors import ConfigurationError, InvalidConfig, StoreError
 from goodrepo.stack import GoodrepoApp
 from middleware.jsonlog import configure_json_logging
 
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         application = make_app(args.data)
-    except ConfigurationError as err:
+    except (ConfigurationError, InvalidConfig) as err:  # a bad setting or schema file
         print(f"configuration: {err}", file=sys.stderr)
         return 2
     except StoreError as err:  # e.g. another process holds the data directory

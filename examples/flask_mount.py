@@ -54,7 +54,7 @@ from flask import Flask, jsonify
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from goodrepo import create_app
-from goodrepo.errors import ConfigurationError, StoreError
+from goodrepo.errors import ConfigurationError, InvalidConfig, StoreError
 from goodrepo.stack import GoodrepoApp
 from middleware.jsonlog import configure_json_logging
 
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         app = make_app(args.data)
-    except ConfigurationError as err:
+    except (ConfigurationError, InvalidConfig) as err:  # a bad setting or schema file
         print(f"configuration: {err}", file=sys.stderr)
         return 2
     except StoreError as err:  # e.g. another process holds the data directory

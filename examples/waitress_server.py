@@ -44,7 +44,7 @@ from typing import Any
 import waitress
 
 from goodrepo import create_app
-from goodrepo.errors import ConfigurationError, StoreError
+from goodrepo.errors import ConfigurationError, InvalidConfig, StoreError
 from middleware.jsonlog import configure_json_logging
 
 
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         app = create_app(data=args.data, host=args.host, port=args.port)
-    except ConfigurationError as err:
+    except (ConfigurationError, InvalidConfig) as err:  # a bad setting or schema file
         print(f"configuration: {err}", file=sys.stderr)
         return 2
     except StoreError as err:  # e.g. another process holds the data directory

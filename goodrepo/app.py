@@ -23,14 +23,14 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.wrappers import Response
 
 from middleware.keys import ERROR_CODE, REQUEST_ID, ROUTE
 
-from .errors import GoodrepoError, MethodNotAllowed, NotFound
+from .errors import GoodrepoError, InvalidRequest, MethodNotAllowed, NotFound
 from .pipeline.context import RequestContext
 
 if TYPE_CHECKING:
@@ -81,8 +81,11 @@ def path_text(environ: dict[str, Any]) -> str:
         return str(raw)
 
 
-def _from_http_exception(exc: HTTPException) -> GoodrepoError:
+def from_http_exception(exc: HTTPException) -> GoodrepoError:
+    """The error of ours that answers like werkzeug's ``exc`` (status and code)."""
     status = exc.code or 500
+    if isinstance(exc, ClientDisconnected):
+        return InvalidRequest("the request body ended before its Content-Length")
     if isinstance(exc, WzNotFound):
         return NotFound("no such endpoint")
     if isinstance(exc, WzMethodNotAllowed):
@@ -107,9 +110,9 @@ class CoreApp:
         self.repo = repo
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        runtime = self.repo.runtime  # one snapshot for the whole request
         ctx: RequestContext | None = None
         try:
+            runtime = self.repo.runtime  # one snapshot for the whole request
             endpoint, values = runtime.url_adapter.match(
                 path_text(environ), environ.get("REQUEST_METHOD") or "GET"
             )
@@ -120,7 +123,7 @@ class CoreApp:
         except GoodrepoError as err:
             response = error_response(err, environ)
         except HTTPException as exc:
-            response = error_response(_from_http_exception(exc), environ)
+            response = error_response(from_http_exception(exc), environ)
         except Exception:
             log.exception("unexpected error (request %s)", request_id_of(environ))
             response = error_response(GoodrepoError(), environ)

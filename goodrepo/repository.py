@@ -20,17 +20,21 @@ import io
 import json
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
+from stat import S_ISREG
 from typing import IO, Any
 
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BuildError
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Response
 
 from middleware.keys import PRINCIPAL
 
 from . import schema as schema_mod
-from .app import CoreApp
+from .app import CoreApp, from_http_exception
 from .errors import GoodrepoError, InvalidConfig, StoreError, ValidationError
 from .gc import GarbageCollector
 from .pipeline import Runtime, Services
@@ -69,27 +73,38 @@ class Repository:
         *,
         schema: dict[str, Any] | str | os.PathLike[str] | None = None,
     ) -> None:
+        if not os.fspath(data_dir) or "\0" in os.fspath(data_dir):
+            raise StoreError(f"data directory {os.fspath(data_dir)!r}: not a usable path")
         self.data_dir = Path(data_dir).resolve()
+        fresh = not self.data_dir.exists()
         _make_data_dir(self.data_dir)
-        self.kv = KV(self.data_dir / "kv")
+        self._closed = False
+        try:
+            self.kv = KV(self.data_dir / "kv")
+        except BaseException:
+            _remove_if(fresh, self.data_dir)
+            raise
         self.events = EventLog(self.kv)
         self.services = Services(self.data_dir, self.kv, self.events)
         self._swap_lock = threading.RLock()
         self._gc = GarbageCollector(self)
-        stored = self.kv.get_json(SCHEMA_KEY)
         try:
-            if stored is None:
-                active = self._initial_schema(schema)
-                self.kv.put_json(SCHEMA_KEY, active)
-            else:
-                active = schema_mod.validate(stored)
+            stored = self.kv.get_json(SCHEMA_KEY)
+            active = (
+                self._initial_schema(schema) if stored is None else schema_mod.validate(stored)
+            )
+            # Built before a seed schema is stored: one that cannot run (a blob store
+            # root that cannot be made) must not stay behind to fail every later open.
             self._runtime = Runtime(active, self.services)
+            if stored is None:
+                self.kv.put_json(SCHEMA_KEY, active)
             self.services.cache.configure(active.get("caching", {}))
+            for store in self._runtime.blob_stores.values():
+                store.clean_stale_temp()
         except BaseException:
             self.kv.close()
+            _remove_if(fresh, self.data_dir)
             raise
-        for store in self._runtime.blob_stores.values():
-            store.clean_stale_temp()
 
     @classmethod
     def open(
@@ -113,7 +128,10 @@ class Repository:
 
     @property
     def runtime(self) -> Runtime:
-        """The compiled active schema (read once per request)."""
+        """The compiled active schema (read once per request); ``StoreError`` once the
+        repository is closed."""
+        if self._closed:
+            raise StoreError("the repository is closed")
         return self._runtime
 
     @property
@@ -197,7 +215,13 @@ class Repository:
         route = runtime.routes.get(route_id)
         if route is None:
             raise GoodrepoError(f"the active schema has no route {route_id!r}")
-        path = runtime.url_map.bind("localhost").build(route_id, values, append_unknown=False)
+        try:
+            path = runtime.url_map.bind("localhost").build(route_id, values, append_unknown=False)
+        except BuildError as err:
+            raise ValidationError(
+                f"route {route_id!r} needs a text value for each of its path parameters",
+                details={"route": route_id},
+            ) from err
         environ = EnvironBuilder(
             path=path,
             method=method or route.method,
@@ -216,16 +240,20 @@ class Repository:
                 environ["wsgi.input_terminated"] = True
             else:
                 environ["CONTENT_LENGTH"] = str(length)
-        environ[PRINCIPAL] = principal or {
-            "sub": "system",
-            "scopes": ["admin"],
-            "token_id": None,
-            "claims": {},
-            "anonymous": False,
-        }
+        if principal is None:  # (an empty one is an anonymous caller, with no scopes)
+            principal = {
+                "sub": "system",
+                "scopes": ["admin"],
+                "token_id": None,
+                "claims": {},
+                "anonymous": False,
+            }
+        environ[PRINCIPAL] = principal
         ctx = RequestContext(runtime, environ, dict(values))
         try:
             response: Response = route.run(ctx)
+        except HTTPException as exc:  # werkzeug's, such as a body shorter than announced
+            raise from_http_exception(exc) from exc
         finally:
             ctx.close()
         return response
@@ -250,6 +278,10 @@ class Repository:
             "token_id": None,
             "claims": {},
         }
+        if isinstance(source, (bytearray, memoryview)):
+            source = bytes(source)
+        elif isinstance(source, io.TextIOBase):
+            raise TypeError("publish: a text stream; open the file in binary mode ('rb')")
         if isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
@@ -321,9 +353,17 @@ class Repository:
         )
 
     def open_blob(self, digest: str, store: str = "primary") -> IO[bytes]:
-        """Open a stored blob by ``sha256:<hex>`` digest for reading."""
-        hex_ = digest.removeprefix("sha256:")
-        return self.runtime.blob_stores[store].open(hex_)
+        """Open a stored blob by ``sha256:<hex>`` digest for reading; ``NotFound`` when
+        absent, ``ValidationError`` for a malformed digest or an unknown store."""
+        stores = self.runtime.blob_stores
+        if store not in stores:
+            raise ValidationError(
+                f"no blob store {store!r}; the schema has {sorted(stores)}",
+                details={"field": "store"},
+            )
+        if not isinstance(digest, str):
+            raise TypeError(f"open_blob: the digest is a str, not {type(digest).__name__}")
+        return stores[store].open(digest)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -336,7 +376,9 @@ class Repository:
         self.runtime.check()
 
     def close(self) -> None:
-        """Close the KV store; the repository cannot be used afterwards."""
+        """Close the KV store; the repository cannot be used afterwards (``StoreError``).
+        Safe to call twice."""
+        self._closed = True
         self.kv.close()
 
     def __enter__(self) -> Repository:
@@ -347,10 +389,21 @@ class Repository:
 
 
 def _remaining(stream: IO[bytes]) -> int | None:
-    try:
-        return os.fstat(stream.fileno()).st_size - stream.tell()
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        pass
+    """The bytes left in a plain file or ``BytesIO``; None for any other stream (read to
+    its end): the file behind a wrapper's ``fileno()`` (a gzip file, a socket) says
+    nothing of what the wrapper will read."""
     if isinstance(stream, io.BytesIO):
         return len(stream.getbuffer()) - stream.tell()
-    return None
+    if type(stream) not in (io.BufferedReader, io.BufferedRandom, io.FileIO):
+        return None
+    try:
+        stat = os.fstat(stream.fileno())
+        return stat.st_size - stream.tell() if S_ISREG(stat.st_mode) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_if(created: bool, path: Path) -> None:
+    """Remove the data directory this open created, after it failed."""
+    if created:
+        shutil.rmtree(path, ignore_errors=True)

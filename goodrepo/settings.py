@@ -230,6 +230,8 @@ def _path(optional: bool = False, must_exist: bool = False) -> Callable[[Any], P
             return None
         if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
             raise ValueError(f"must be a path, got {_shown(value)}")
+        if "\0" in str(value):
+            raise ValueError("must be a path, without NUL characters")
         path = Path(str(value).strip()).expanduser()
         if must_exist and not path.is_file():
             raise ValueError(f"{str(path)!r} is not a readable file")

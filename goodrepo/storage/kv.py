@@ -28,15 +28,27 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rocksdict import AccessType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    DbClosedError,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
 from ..errors import StoreError
 
 log = logging.getLogger(__name__)
+
+# What a call gets from a database another thread is closing, or has closed.
+_CLOSING_ERRORS = (RuntimeError, DbClosedError)
 
 LOCK_TIMEOUT = 30.0
 _SEQ_WIDTH = 8
@@ -151,12 +163,17 @@ class KV:
         self._durable_log_next: dict[bytes, int] = {}
         self._log_next: dict[bytes, int] = {}
         self._closed = False
+        self._close_lock = threading.Lock()
 
     # -- reads -------------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
         """The raw value under ``key``, or None."""
-        value = self._db.get(key)
+        try:
+            value = self._db.get(key)
+        except _CLOSING_ERRORS as err:
+            self._raise_if_closed(err)
+            raise
         return value if value is None else bytes(value)
 
     def get_json(self, key: bytes) -> Any:
@@ -182,38 +199,42 @@ class KV:
             ropts.set_iterate_lower_bound(prefix)
         if end is not None:
             ropts.set_iterate_upper_bound(end)
-        it = self._db.iter(ropts)
-        # The bounds spare RocksDB work; the explicit checks below keep the contract even
-        # where an iterator does not honour them (reverse seeks).
-        if reverse:
-            if start is not None:
-                it.seek_for_prev(start)
-                if it.valid() and bytes(it.key()) == start:
-                    it.prev()
-            elif end is not None:
-                it.seek_for_prev(end)
-                if it.valid() and bytes(it.key()) == end:
-                    it.prev()
-            else:
-                it.seek_to_last()
-        else:
-            if start is not None:
-                it.seek(start)
-                if it.valid() and bytes(it.key()) == start:
-                    it.next()
-            else:
-                it.seek(prefix)
-        count = 0
-        while it.valid() and (limit is None or count < limit):
-            key = bytes(it.key())
-            if not key.startswith(prefix):
-                break
-            yield key, bytes(it.value())
-            count += 1
+        try:
+            it = self._db.iter(ropts)
+            # The bounds spare RocksDB work; the explicit checks below keep the contract even
+            # where an iterator does not honour them (reverse seeks).
             if reverse:
-                it.prev()
+                if start is not None:
+                    it.seek_for_prev(start)
+                    if it.valid() and bytes(it.key()) == start:
+                        it.prev()
+                elif end is not None:
+                    it.seek_for_prev(end)
+                    if it.valid() and bytes(it.key()) == end:
+                        it.prev()
+                else:
+                    it.seek_to_last()
             else:
-                it.next()
+                if start is not None:
+                    it.seek(start)
+                    if it.valid() and bytes(it.key()) == start:
+                        it.next()
+                else:
+                    it.seek(prefix)
+            count = 0
+            while it.valid() and (limit is None or count < limit):
+                key = bytes(it.key())
+                if not key.startswith(prefix):
+                    break
+                yield key, bytes(it.value())
+                count += 1
+                if reverse:
+                    it.prev()
+                else:
+                    it.next()
+        except _CLOSING_ERRORS as err:
+            self._raise_if_closed(err)
+            raise
 
     def last_key(self, prefix: bytes) -> bytes | None:
         """The greatest key starting with ``prefix``, or None (one seek)."""
@@ -332,10 +353,35 @@ class KV:
             raise StoreError(f"cannot write a checkpoint: {err}") from err
 
     def close(self) -> None:
-        """Close the database; safe to call twice."""
-        if not self._closed:
+        """Close the database; safe to call twice. Any use from then on is a
+        ``StoreError``; a call another thread has under way is waited for (up to
+        ``LOCK_TIMEOUT``), or fails with that error."""
+        with self._close_lock:
+            if self._closed:
+                return
             self._closed = True
-            self._db.close()
+            db, self._db = self._db, _ClosedDatabase()  # type: ignore[assignment]
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    db.close()
+                    return
+                except RuntimeError as err:  # "Already borrowed": a call under way
+                    if time.monotonic() > deadline:
+                        raise StoreError("cannot close the KV store: it stays in use") from err
+                    time.sleep(0.01)
+
+    def _raise_if_closed(self, err: BaseException) -> None:
+        """After ``err`` from the database: the clear error if it was closed meanwhile."""
+        if self._closed:
+            raise StoreError("the KV store is closed") from err
+
+
+class _ClosedDatabase:
+    """Stands in for the database once it is closed: every use is a clear error."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise StoreError("the KV store is closed")
 
 
 class Transaction:

@@ -432,3 +432,20 @@ def test_custom_stack_mints_tokens_from_the_environment(
     assert claims["sub"] == "ci" and claims["scopes"] == ["read", "write"]
     assert claims["exp"] - claims["iat"] == 60
     assert jwt.get_unverified_header(token)["kid"] == custom_stack.KEY_ID
+
+
+@pytest.mark.parametrize("name", ["waitress_server", "flask_mount", "django_mount"])
+def test_a_rejected_schema_file_is_one_message(name: str, tmp_path: Path) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"schema_version": 1}')
+    env = example_env(GOODREPO_SCHEMA_FILE=str(schema))
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--data", str(tmp_path / "data")],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("configuration: ")
+    assert b"Traceback" not in done.stderr
+    assert not (tmp_path / "data").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,14 @@ from goodrepo.errors import (
     DigestMismatch,
     GoodrepoError,
     InvalidConfig,
+    InvalidRequest,
     NotFound,
     StoreError,
+    Unauthorized,
     ValidationError,
 )
 from goodrepo.repository import SCHEMA_KEY, Repository
+from goodrepo.storage.blobs import BlobStore
 
 from .conftest import WRITER, client_for, publish
 from .slow import BlockingBody, run_bounded, start_slow_publish, start_slow_put
@@ -563,3 +568,139 @@ def test_schema_file_and_invalid_seed(tmp_path: Path) -> None:
     # The failed open released the directory: it can be opened (and seeded) again.
     with Repository.open(tmp_path / "bad") as repo:
         assert repo.schema == schema_mod.default_schema()
+
+
+# -- the embedding API's edges ----------------------------------------------------------
+
+
+def test_publish_reads_a_wrapped_stream_to_its_end(repo: Repository, tmp_path: Path) -> None:
+    # The file behind a wrapper's fileno() says nothing of what the wrapper reads: a gzip
+    # file is shorter than its content, a pipe has no size.
+    data = b"compressible " * 20_000
+    packed = tmp_path / "data.gz"
+    with gzip.open(packed, "wb") as fh:
+        fh.write(data)
+    with gzip.open(packed, "rb") as stream:
+        assert repo.publish("acme", "gz", "1.0.0", "x", stream)["digest"] == sha(data)
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, b"piped"), os.close(write_end)))
+    writer.start()
+    with open(read_end, "rb") as pipe:
+        assert repo.publish("acme", "pipe", "1.0.0", "x", pipe)["size"] == 5
+    writer.join()
+
+
+def test_publish_takes_any_bytes_like_and_refuses_text(repo: Repository, tmp_path: Path) -> None:
+    assert repo.publish("acme", "ba", "1.0.0", "x", bytearray(b"ab"))["digest"] == sha(b"ab")
+    assert repo.publish("acme", "mv", "1.0.0", "x", memoryview(b"cd"))["digest"] == sha(b"cd")
+    (tmp_path / "t.txt").write_text("text")
+    with open(tmp_path / "t.txt") as text, pytest.raises(TypeError, match="binary mode"):
+        repo.publish("acme", "txt", "1.0.0", "x", text)
+
+
+def test_a_seed_schema_that_cannot_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("in the way")
+    schema = schema_mod.default_schema()
+    schema["storage"]["blob_stores"]["primary"]["root"] = str(tmp_path / "a-file" / "blobs")
+    with pytest.raises(StoreError):
+        Repository.open(tmp_path / "data", schema=schema)
+    assert not (tmp_path / "data").exists()
+    with Repository.open(tmp_path / "data") as repo:  # the default takes its place
+        assert repo.schema["storage"]["blob_stores"]["primary"]["root"] == "blobs"
+
+
+def test_a_failed_open_releases_the_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Repository.open(tmp_path / "data").close()
+
+    def fail(self: Any, *args: Any) -> int:
+        raise StoreError("cannot remove a stale temporary blob file")
+
+    with monkeypatch.context() as m:
+        m.setattr(BlobStore, "clean_stale_temp", fail)
+        with pytest.raises(StoreError):
+            Repository.open(tmp_path / "data")
+    Repository.open(tmp_path / "data").close()  # not locked by the failed open
+
+
+@pytest.mark.parametrize("path", ["", "a\0b"])
+def test_an_unusable_data_path_is_refused(path: str) -> None:
+    with pytest.raises(StoreError, match="not a usable path"):
+        Repository.open(path)
+
+
+def test_a_closed_repository_says_so(tmp_path: Path) -> None:
+    repo = Repository.open(tmp_path / "data")
+    repo.publish("acme", "app", "1.0.0", "linux", b"x")
+    assert repo.latest("acme", "app") is not None  # cached now
+    app = client_for(repo, WRITER)
+    repo.close()
+    repo.close()  # twice is fine
+    for use in (
+        lambda: repo.latest("acme", "app"),
+        lambda: repo.metadata("acme", "app", "1.0.0", "linux"),
+        lambda: repo.gc(dry_run=True),
+        lambda: repo.kv.get(b"x"),
+    ):
+        with pytest.raises(StoreError, match="closed"):
+            use()
+    res = app.get("/v1/acme/app/latest", status=500)
+    assert res.json["error"]["code"] == "STORE_ERROR"
+
+
+def test_close_waits_for_calls_under_way(tmp_path: Path) -> None:
+    repo = Repository.open(tmp_path / "data")
+    repo.publish("acme", "app", "1.0.0", "linux", b"x")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def use(i: int) -> None:
+        n = 0
+        while not stop.is_set() and n < 2000:
+            n += 1
+            try:  # durable writes hold the database while they wait for the disk
+                repo.publish("acme", f"t{i}", f"1.0.{n}", "linux", b"x")
+                repo.latest("acme", f"t{i}")
+            except StoreError:
+                return  # closed
+            except BaseException as err:  # noqa: BLE001 (anything else is the failure)
+                errors.append(err)
+                return
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    try:
+        repo.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(TIMEOUT)
+    assert not errors
+    with Repository.open(tmp_path / "data") as again:  # the lock was let go
+        assert again.latest("acme", "app")["version"] == "1.0.0"  # type: ignore[index]
+
+
+def test_call_edges_answer_with_our_errors(repo: Repository) -> None:
+    with pytest.raises(Unauthorized):  # an empty principal is nobody, not the system
+        repo.call(
+            "publish_blob",
+            {"namespace": "a", "name": "b", "version": "1.0.0", "variant": "c"},
+            body=b"x",
+            principal={},
+        )
+    with pytest.raises(ValidationError, match="path parameters"):
+        repo.call("latest", {"namespace": "acme"})
+    with pytest.raises(InvalidRequest):
+        repo.call(
+            "publish_blob",
+            {"namespace": "a", "name": "b", "version": "1.0.0", "variant": "c"},
+            body=io.BytesIO(b"short"),
+            content_length=50,
+        )
+    with pytest.raises(ValidationError, match="no blob store"):
+        repo.open_blob(sha(b"x"), store="nope")
+    with pytest.raises(ValidationError):
+        repo.open_blob("sha256:not-hex")

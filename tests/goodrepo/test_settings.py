@@ -284,6 +284,11 @@ def test_bad_keyword_value_names_the_argument():
         Settings.load(env={}, port=-1)
 
 
+def test_a_data_path_with_a_nul_is_refused():
+    with pytest.raises(ConfigurationError, match="data: must be a path, without NUL"):
+        Settings.load(env={}, data="a\0b")
+
+
 def test_override_origins_name_where_the_overrides_came_from():
     where = {"port": "--port", "prot": "--prot"}
     with pytest.raises(ConfigurationError, match=r"port: .* \(from --port\)"):
