@@ -46,6 +46,18 @@ log = logging.getLogger(__name__)
 
 SCHEMA_KEY = b"m:schema"
 
+# What compiling a schema that the checks let through can still raise.
+_SCHEMA_FAULTS = (
+    AttributeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    RecursionError,
+    TypeError,
+    UnicodeError,
+    ValueError,
+)
+
 
 def _make_data_dir(path: Path) -> None:
     """Create the data directory, for its owner only: it holds the signing keys and the
@@ -95,7 +107,7 @@ class Repository:
             )
             # Built before a seed schema is stored: one that cannot run (a blob store
             # root that cannot be made) must not stay behind to fail every later open.
-            self._runtime = Runtime(active, self.services)
+            self._runtime = self._compile(active)
             if stored is None:
                 self.kv.put_json(SCHEMA_KEY, active)
             self.services.cache.configure(active.get("caching", {}))
@@ -115,6 +127,14 @@ class Repository:
     ) -> Repository:
         """Open (creating if needed) the repository on ``data_dir``."""
         return cls(data_dir, schema=schema)
+
+    def _compile(self, schema: dict[str, Any]) -> Runtime:
+        """The runtime of a validated schema; ``InvalidConfig`` if it still cannot be
+        compiled (a check the validator lacks: the schema's fault all the same)."""
+        try:
+            return Runtime(schema, self.services)
+        except _SCHEMA_FAULTS as err:
+            raise _not_compiled(err) from err
 
     @staticmethod
     def _initial_schema(schema: Any) -> dict[str, Any]:
@@ -143,15 +163,20 @@ class Repository:
         """Validate, store and hot-swap a schema; raises InvalidConfig, changing nothing."""
         validated = schema_mod.validate(copy.deepcopy(new_schema))
         with self._swap_lock:
-            stranded = self._runtime.stranded_by(validated)
-            if stranded:
-                raise InvalidConfig(stranded, "the schema would strand stored data")
             # Build everything the new schema needs before storing it: a swap that
             # fails must leave the stored schema as it was.
             try:
-                runtime = Runtime(validated, self.services)
-            except ValueError as err:  # an op refused its arguments: the schema's fault
-                raise InvalidConfig([{"path": "$.routes", "message": str(err)}]) from err
+                stranded = self._runtime.stranded_by(validated)
+                if stranded:
+                    raise InvalidConfig(stranded, "the schema would strand stored data")
+            except _SCHEMA_FAULTS as err:
+                raise _not_compiled(err) from err
+            try:
+                runtime = self._compile(validated)
+            except StoreError as err:  # a blob store root that cannot be made, say
+                raise InvalidConfig(
+                    [{"path": "$.storage.blob_stores", "message": err.message}]
+                ) from err
             cache = self.services.cache.prepare(validated.get("caching", {}))
             with self.kv.transaction() as txn:
                 txn.put_json(SCHEMA_KEY, validated)
@@ -401,6 +426,11 @@ def _remaining(stream: IO[bytes]) -> int | None:
         return stat.st_size - stream.tell() if S_ISREG(stat.st_mode) else None
     except (OSError, ValueError):
         return None
+
+
+def _not_compiled(err: BaseException) -> InvalidConfig:
+    log.warning("schema refused when compiled: %r", err)
+    return InvalidConfig([{"path": "$", "message": f"cannot be compiled: {err!r}"}])
 
 
 def _remove_if(created: bool, path: Path) -> None:

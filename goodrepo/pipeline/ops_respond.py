@@ -48,11 +48,11 @@ def _headers(args: dict[str, Any]) -> list[tuple[str, Template]]:
 @op(
     "respond.json",
     terminal=True,
-    status=Arg("int"),
+    status=Arg("status"),
     body=Arg("value"),
-    headers=Arg("object"),
+    headers=Arg("headers"),
     etag_of=Arg("value"),
-    paginate=Arg("value"),
+    paginate=Arg("varref"),
 )
 def _json(args: dict[str, Any], rt: Runtime) -> Runner:
     status = args.get("status", 200)
@@ -91,7 +91,7 @@ def _json(args: dict[str, Any], rt: Runtime) -> Runner:
     terminal=True,
     store=Arg("name", required=True, ref="blob_store"),
     digest=Arg("value", required=True),
-    filename=Arg("value"),
+    filename=Arg("text"),
 )
 def _bytes(args: dict[str, Any], rt: Runtime) -> Runner:
     store = rt.blob_stores[args["store"]]
@@ -112,8 +112,8 @@ def _bytes(args: dict[str, Any], rt: Runtime) -> Runner:
 @op(
     "respond.redirect",
     terminal=True,
-    location=Arg("value", required=True),
-    status=Arg("int"),
+    location=Arg("text", required=True),
+    status=Arg("status"),
 )
 def _redirect(args: dict[str, Any], rt: Runtime) -> Runner:
     location = compile_value(args["location"])
@@ -130,7 +130,7 @@ def _redirect(args: dict[str, Any], rt: Runtime) -> Runner:
 @op(
     "respond.error",
     terminal=True,
-    status=Arg("int", required=True),
+    status=Arg("status", required=True),
     code=Arg("name", required=True),
     message=Arg("value", required=True),
     details=Arg("value"),

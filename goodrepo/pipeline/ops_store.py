@@ -366,7 +366,7 @@ def _index_groups(args: dict[str, Any], rt: Runtime) -> Runner:
 # -- cache ----------------------------------------------------------------------------
 
 
-@op("cache.get", key=Arg("value", required=True), out=Arg("var", required=True))
+@op("cache.get", key=Arg("text", required=True), out=Arg("var", required=True))
 def _cache_get(args: dict[str, Any], rt: Runtime) -> Runner:
     key = compile_value(args["key"])
     out = args["out"]
@@ -389,7 +389,7 @@ def _cache_get(args: dict[str, Any], rt: Runtime) -> Runner:
 
 @op(
     "cache.put",
-    key=Arg("value", required=True),
+    key=Arg("text", required=True),
     value=Arg("value", required=True),
     ttl=Arg("int"),
 )
@@ -412,7 +412,7 @@ def _cache_put(args: dict[str, Any], rt: Runtime) -> Runner:
     return run
 
 
-@op("cache.invalidate", prefix=Arg("value", required=True))
+@op("cache.invalidate", prefix=Arg("text", required=True))
 def _cache_invalidate(args: dict[str, Any], rt: Runtime) -> Runner:
     prefix = compile_value(args["prefix"])
 
@@ -434,7 +434,7 @@ EVENT_COUNTERS = {"artifact.published": "publishes"}
     "emit.event",
     kv_write=True,
     type=Arg("name", required=True, ref="event_type"),
-    payload=Arg("value", required=True),
+    payload=Arg("object", required=True),
     for_each=Arg("value"),
     as_=Arg("var"),
 )

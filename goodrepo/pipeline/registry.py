@@ -33,7 +33,24 @@ Builder = Callable[[dict[str, Any], "Runtime"], Runner]
 #   strings   a literal list of strings
 #   fields    a list of field names, or an object {target field: entity field}
 #   object    a literal JSON object
-ARG_KINDS = ("value", "name", "var", "bool", "int", "strings", "fields", "object")
+#   text      a string, compiled as a template that renders text
+#   status    a literal HTTP status code, 100-599
+#   headers   a literal object of header names to text templates
+#   varref    a literal "$variable" reference
+ARG_KINDS = (
+    "value",
+    "name",
+    "var",
+    "bool",
+    "int",
+    "strings",
+    "fields",
+    "object",
+    "text",
+    "status",
+    "headers",
+    "varref",
+)
 
 # What a ``name`` argument refers to, and where the validator looks it up.
 REFS = {

@@ -300,7 +300,7 @@ class Runtime:
                 continue
             has_rows = name in self.indexes and self.indexes[name].has_rows()
             spec = next((s for s in schema.get("indexes", []) if s["name"] == name), None)
-            over = spec and documents.get(spec["document"])
+            over = spec and documents.get(spec.get("document"))
             if has_rows or (
                 over and self._holds_documents(Document(name, over["store"], over["key"]))
             ):
@@ -333,7 +333,7 @@ def _index_layout(schema: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, ..
     return (
         spec.get("kind"),
         spec["entity"],
-        spec["document"],
+        spec.get("document"),
         tuple(spec["group_by"]),
         spec.get("version_field", "version"),
         spec.get("variant_field", "variant"),

@@ -75,6 +75,12 @@ def _json_path(parts: Any) -> str:
 
 def problems_of(schema: Any) -> list[dict[str, str]]:
     """Every problem of ``schema``; an empty list means it is valid."""
+    try:
+        json.dumps(schema, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return [{"path": "$", "message": "holds a lone surrogate (\\ud800-\\udfff): not text"}]
+    except (TypeError, ValueError, RecursionError) as err:
+        return [{"path": "$", "message": f"not JSON data: {err}"}]
     shape = [
         {"path": _json_path(e.absolute_path), "message": e.message}
         for e in sorted(_META.iter_errors(schema), key=lambda e: list(map(str, e.absolute_path)))

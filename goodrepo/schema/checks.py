@@ -56,7 +56,7 @@ def _check_entities(schema: dict[str, Any], problems: Problems) -> None:
         for fname, spec in entity["fields"].items():
             try:
                 re.compile(spec["pattern"])
-            except re.error as err:
+            except (re.error, OverflowError, RecursionError) as err:
                 problems.add(f"$.entities.{name}.fields.{fname}.pattern", f"bad regex: {err}")
         for i, key in enumerate(entity.get("primary_key", [])):
             if key not in entity["fields"]:
@@ -72,7 +72,10 @@ def _check_caching(schema: dict[str, Any], problems: Problems) -> None:
     caching = {**CACHE_DEFAULTS, **schema.get("caching", {})}
     if caching["max_entry_bytes"] > caching["max_bytes"]:
         problems.add("$.caching.max_entry_bytes", "must not exceed max_bytes")
-    if not math.isfinite(caching["default_ttl_seconds"]):
+    ttl = caching["default_ttl_seconds"]
+    if not (isinstance(ttl, float) and math.isfinite(ttl)) and not (
+        isinstance(ttl, int) and ttl < 2**53
+    ):
         problems.add("$.caching.default_ttl_seconds", "must be a finite number of seconds")
 
 
@@ -100,6 +103,8 @@ def _check_storage(schema: dict[str, Any], problems: Problems) -> None:
         fields = _IDENT.findall(" ".join(_PLACEHOLDER.findall(doc["key"])))
         if not fields:
             problems.add(f"{path}.key", "a key template needs at least one {field}")
+        if not doc["key"].isascii():
+            problems.add(f"{path}.key", "must be ASCII (keys are stored as ASCII)")
         entity = doc.get("entity")
         if entity is not None:
             if entity not in entities:
@@ -147,8 +152,37 @@ def _check_validation(schema: dict[str, Any], problems: Problems) -> None:
     for name, js in schema.get("validation", {}).get("json_schemas", {}).items():
         try:
             Draft202012Validator.check_schema(js)
+            _check_refs(js, Draft202012Validator(js))
         except JsonSchemaError as err:
             problems.add(f"$.validation.json_schemas.{name}", f"not a valid JSON Schema: {err}")
+        except RecursionError:
+            problems.add(f"$.validation.json_schemas.{name}", "nested too deeply")
+        except _Unresolvable as err:
+            problems.add(f"$.validation.json_schemas.{name}", f"unresolvable $ref {err}")
+
+
+class _Unresolvable(Exception):
+    """A ``$ref`` of a JSON Schema that leads nowhere."""
+
+
+def _check_refs(node: Any, validator: Draft202012Validator) -> None:
+    """Raise _Unresolvable for the first local ``$ref`` (``#...``) under ``node`` that
+    leads nowhere; it would fail every validation that reaches it."""
+    resolver = getattr(validator, "_resolver", None)  # jsonschema >= 4.18
+    if resolver is None:
+        return
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            try:
+                resolver.lookup(ref)
+            except Exception as err:  # referencing's Unresolvable and its kin
+                raise _Unresolvable(repr(ref)) from err
+        for value in node.values():
+            _check_refs(value, validator)
+    elif isinstance(node, list):
+        for value in node:
+            _check_refs(value, validator)
 
 
 def _unknown_op(name: str) -> str:
@@ -221,9 +255,9 @@ def _templates(spec: OpSpec, args: dict[str, Any]) -> Iterable[tuple[str, Templa
         if name not in args:
             continue
         value = args[name]
-        if arg.kind == "value":
+        if arg.kind in ("value", "text", "headers"):
             yield name, compile_value(value)
-        elif arg.kind == "object" and name in ("fields", "conflict", "headers"):
+        elif arg.kind == "object" and name in ("fields", "conflict", "payload"):
             yield name, compile_value(value)
         elif arg.kind == "strings" and name in ("group", "parent"):
             yield name, compile_value(value)
@@ -243,8 +277,36 @@ def _check_arg(kind: str, value: Any) -> str | None:
         or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())),
         "object": isinstance(value, dict),
         "value": True,
+        "text": isinstance(value, str),
+        "status": isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599,
+        "headers": isinstance(value, dict)
+        and all(
+            isinstance(k, str)
+            and _HEADER_NAME.fullmatch(k) is not None
+            and isinstance(v, str)
+            and _HEADER_VALUE.fullmatch(v) is not None
+            for k, v in value.items()
+        ),
     }[kind]
-    return None if ok else f"must be {kind.replace('varref', 'a $variable reference')}"
+    return None if ok else _KIND_NEEDS[kind]
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # printable ASCII: no line breaks
+_KIND_NEEDS = {
+    "name": "must be a non-empty name",
+    "var": "must be a variable name",
+    "varref": "must be a $variable reference",
+    "bool": "must be true or false",
+    "int": "must be an integer",
+    "strings": "must be a list of strings",
+    "fields": "must be a list of field names or an object of them",
+    "object": "must be an object",
+    "text": "must be a string",
+    "status": "must be an HTTP status code from 100 to 599",
+    "headers": "must be an object of header names to printable ASCII text",
+    "value": "",
+}
 
 
 # The checker follows one path through a pipeline: these ops must be on every path.
@@ -344,6 +406,19 @@ def _check_pipeline(
                 problems.add(
                     f"{where}.group", "must give one value per field of the index's group_by"
                 )
+        if name in ("index.put", "index.delete") and arg_ok and isinstance(args["row"], dict):
+            index = _index_spec(schema, args["index"])
+            needed = [
+                *index["group_by"],
+                index.get("version_field", "version"),
+                index.get("variant_field", "variant"),
+            ]
+            missing = [f for f in needed if f not in args["row"]]
+            if missing:
+                problems.add(f"{where}.row", f"needs the index's fields {missing}")
+        conflict = args.get("conflict")
+        if isinstance(conflict, dict) and not isinstance(conflict.get("compare", ""), str):
+            problems.add(f"{where}.conflict.compare", "must be the name of a field")
         if name == "kv.delete_where" and not (
             isinstance(args.get("where"), dict) and args["where"]
         ):
@@ -352,6 +427,13 @@ def _check_pipeline(
             reads_vars.add(args["blob"].lstrip("$"))
             unverified.pop(args["blob"].lstrip("$"), None)
             unstored[args["blob"].lstrip("$")] = where
+        if name in ("validate.entity", "normalize.entity") and arg_ok:
+            known = schema["entities"][args["entity"]]["fields"]
+            for _, f in _pairs(args["fields"]):
+                if f not in known:
+                    problems.add(
+                        f"{where}.fields", f"entity {args['entity']!r} has no field {f!r}"
+                    )
         if name == "validate.entity" and arg_ok:
             reads_fields |= {t for t, _ in _pairs(args["fields"])}
         if name == "normalize.entity" and arg_ok and "source" not in args:
@@ -373,6 +455,8 @@ def _check_pipeline(
         if name == "normalize.entity" and arg_ok:
             defined_fields |= {t for t, _ in _pairs(args["fields"])}
         if isinstance(args.get("out"), str):
+            if args["out"] in unverified or args["out"] in unstored:
+                problems.add(f"{where}.out", f"overwrites ${args['out']}, a blob not yet stored")
             defined_vars.add(args["out"])
         if name == "blob.put" and isinstance(args.get("out"), str):
             unverified[args["out"]] = where

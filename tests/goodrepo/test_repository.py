@@ -704,3 +704,43 @@ def test_call_edges_answer_with_our_errors(repo: Repository) -> None:
         repo.open_blob(sha(b"x"), store="nope")
     with pytest.raises(ValidationError):
         repo.open_blob("sha256:not-hex")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "data"),
+    [
+        # A check the validator lacks still makes a 422, not a crash.
+        pytest.param(
+            lambda s: next(x for x in s["routes"] if x["id"] == "put_tag")["pipeline"][11][
+                "fields"
+            ].update(version=5),
+            "$",
+            False,
+            id="compile-fault",
+        ),
+        pytest.param(  # allowed on its own, but not over stored documents
+            lambda s: s["indexes"][0].pop("document"),
+            "$.indexes[versions]",
+            True,
+            id="index-without-document",
+        ),
+        pytest.param(
+            lambda s: s["storage"]["blob_stores"]["primary"].update(root="/dev/null/blobs"),
+            "$.storage.blob_stores",
+            False,
+            id="unusable-root",
+        ),
+    ],
+)
+def test_a_schema_that_cannot_be_compiled_is_refused(
+    repo: Repository, mutate: Any, path: str, data: bool
+) -> None:
+    if data:
+        repo.publish("acme", "app", "1.0.0", "linux", b"x")
+    before, runtime = stored_schema(repo), repo.runtime
+    candidate = repo.schema
+    mutate(candidate)
+    with pytest.raises(InvalidConfig) as info:
+        repo.replace_schema(candidate)
+    assert path in [p["path"] for p in info.value.problems]
+    assert stored_schema(repo) == before and repo.runtime is runtime

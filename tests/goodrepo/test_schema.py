@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -255,6 +256,127 @@ BROKEN = [
         ".pipeline",
         "must end with an unconditional respond",
         id="no-response",
+    ),
+    # What an accepted schema used to answer with a 500 (some after their write committed),
+    # or what crashed the checks instead of listing a problem.
+    pytest.param(
+        _call(lambda s: step(s, "delete_artifact", "cache.invalidate").update(prefix=None)),
+        ".prefix",
+        "must be a string",
+        id="cache-prefix-not-text",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "respond.json").update(headers={"X-A": "a\nb"})),
+        ".headers",
+        "printable ASCII",
+        id="header-value-with-a-newline",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "get_artifact", "respond.error").update(status=0)),
+        ".status",
+        "HTTP status code from 100 to 599",
+        id="status-out-of-range",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "get_blob", "respond.bytes").update(filename=5)),
+        ".filename",
+        "must be a string",
+        id="filename-not-text",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "respond.json").update(paginate="$latest.x")),
+        ".paginate",
+        "$variable reference",
+        id="paginate-not-a-variable",
+    ),
+    pytest.param(
+        _call(
+            lambda s: step(s, "get_artifact", "validate.entity").update(
+                fields={"namespace": "nosuch"}
+            )
+        ),
+        ".fields",
+        "has no field 'nosuch'",
+        id="validate-unknown-entity-field",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "index.put")["row"].pop("variant")),
+        ".row",
+        "needs the index's fields",
+        id="index-row-lacks-a-field",
+    ),
+    pytest.param(
+        _set("storage.documents.tag.key", "t\u00e9g/{namespace}/{name}/{tag}"),
+        "$.storage.documents.tag.key",
+        "must be ASCII",
+        id="non-ascii-document-key",
+    ),
+    pytest.param(
+        _call(
+            lambda s: step(s, "publish_blob", "kv.cas_put")["conflict"].update(
+                compare=["blob_digest"]
+            )
+        ),
+        ".conflict.compare",
+        "name of a field",
+        id="conflict-compare-not-a-name",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
+                target_version={"$ref": "#/$defs/nope"}
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        "unresolvable $ref",
+        id="json-schema-ref-to-nowhere",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"].update(
+                deep=functools.reduce(lambda inner, _: {"not": inner}, range(150), {})
+            )
+        ),
+        "$.validation.json_schemas.deep",
+        "",
+        id="json-schema-nested-too-deeply",
+    ),
+    pytest.param(
+        _call(
+            lambda s: route(s, "publish_blob")["pipeline"].insert(
+                [x["op"] for x in route(s, "publish_blob")["pipeline"]].index(
+                    "blob.verify_digest"
+                ),
+                {"op": "time.now_iso8601", "out": "blob"},
+            )
+        ),
+        ".out",
+        "a blob not yet stored",
+        id="staged-blob-overwritten",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "emit.event").update(payload="x")),
+        ".payload",
+        "must be an object",
+        id="event-payload-not-an-object",
+    ),
+    pytest.param(
+        _set("entities.artifact.fields.name.pattern", "a{4294967296}"),
+        "$.entities.artifact.fields.name.pattern",
+        "bad regex",
+        id="regex-too-big",
+    ),
+    pytest.param(
+        _set("caching.default_ttl_seconds", 10**400),
+        "$.caching.default_ttl_seconds",
+        "finite number",
+        id="ttl-too-big",
+    ),
+    pytest.param(
+        _set("description", "\ud800"),
+        "$",
+        "lone surrogate",
+        id="lone-surrogate",
     ),
     pytest.param(
         _call(lambda s: step(s, "namespaces", "index.groups").update(parent=["a", "b"])),
