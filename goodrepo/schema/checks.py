@@ -406,6 +406,11 @@ def _check_pipeline(
                 problems.add(
                     f"{where}.group", "must give one value per field of the index's group_by"
                 )
+        if name == "parse.query" and arg_ok:
+            for pname, pspec in args["params"].items():
+                why = _query_param_problem(schema, pname, pspec)
+                if why:
+                    problems.add(f"{where}.params.{pname}", why)
         if name in ("index.put", "index.delete") and arg_ok and isinstance(args["row"], dict):
             index = _index_spec(schema, args["index"])
             needed = [
@@ -493,6 +498,46 @@ def _check_pipeline(
             unstored.clear()
     if not ended:
         problems.add(f"{path}.pipeline", "the pipeline must end with an unconditional respond op")
+
+
+_QUERY_TYPES = ("string", "prefix", "int", "bool", "cursor")
+
+
+def _query_param_problem(schema: dict[str, Any], name: str, spec: Any) -> str | None:
+    """What is wrong with the parameter ``name`` of ``parse.query``, if anything."""
+    if not isinstance(spec, dict):
+        return 'must be an object such as {"type": "int", "default": 100}'
+    kind = spec.get("type", "string")
+    if kind not in _QUERY_TYPES:
+        return f"type must be one of {list(_QUERY_TYPES)}"
+    default = spec.get("default")
+    if kind == "int":
+        lo, hi = spec.get("min"), spec.get("max")
+        if any(
+            v is not None and (type(v) is not int or abs(v) >= 2**63) for v in (lo, hi, default)
+        ):
+            return "min, max and default must be whole numbers"
+        if lo is not None and hi is not None and lo > hi:
+            return "min exceeds max"
+        if default is not None and (
+            lo is not None and default < lo or hi is not None and default > hi
+        ):
+            return "the default must lie between min and max"
+    elif kind == "bool":
+        if default is not None and not isinstance(default, bool):
+            return "the default must be true or false"
+    elif default is not None and not isinstance(default, str):
+        return "the default must be a string"
+    if kind in ("string", "prefix") and "entity" in spec:
+        entity = (
+            schema["entities"].get(spec["entity"]) if isinstance(spec["entity"], str) else None
+        )
+        if entity is None:
+            return f"unknown entity {spec['entity']!r}"
+        field = spec.get("field", name)
+        if field not in entity["fields"]:
+            return f"entity {spec['entity']!r} has no field {field!r}"
+    return None
 
 
 def _pairs(fields: Any) -> list[tuple[str, str]]:

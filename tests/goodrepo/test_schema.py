@@ -373,6 +373,30 @@ BROKEN = [
         id="ttl-too-big",
     ),
     pytest.param(
+        _call(lambda s: step(s, "versions", "parse.query")["params"]["limit"].update(min="1")),
+        ".params.limit",
+        "whole numbers",
+        id="query-bound-not-a-number",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "versions", "parse.query")["params"]["limit"].update(default=0)),
+        ".params.limit",
+        "between min and max",
+        id="query-default-out-of-range",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "parse.query")["params"]["variant"].update(field="x")),
+        ".params.variant",
+        "has no field 'x'",
+        id="query-unknown-field",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "versions", "parse.query")["params"].update(limit=5)),
+        ".params.limit",
+        "must be an object",
+        id="query-spec-not-an-object",
+    ),
+    pytest.param(
         _set("description", "\ud800"),
         "$",
         "lone surrogate",
