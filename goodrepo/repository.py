@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import threading
 from pathlib import Path
 from stat import S_ISREG
@@ -88,23 +87,16 @@ class Repository:
         if not os.fspath(data_dir) or "\0" in os.fspath(data_dir):
             raise StoreError(f"data directory {os.fspath(data_dir)!r}: not a usable path")
         self.data_dir = Path(data_dir).resolve()
-        fresh = not self.data_dir.exists()
         _make_data_dir(self.data_dir)
         self._closed = False
-        try:
-            self.kv = KV(self.data_dir / "kv")
-        except BaseException:
-            _remove_if(fresh, self.data_dir)
-            raise
+        self.kv = KV(self.data_dir / "kv")
         self.events = EventLog(self.kv)
         self.services = Services(self.data_dir, self.kv, self.events)
         self._swap_lock = threading.RLock()
         self._gc = GarbageCollector(self)
         try:
             stored = self.kv.get_json(SCHEMA_KEY)
-            active = (
-                self._initial_schema(schema) if stored is None else schema_mod.validate(stored)
-            )
+            active = self._initial_schema(schema) if stored is None else self._stored(stored)
             # Built before a seed schema is stored: one that cannot run (a blob store
             # root that cannot be made) must not stay behind to fail every later open.
             self._runtime = self._compile(active)
@@ -115,7 +107,6 @@ class Repository:
                 store.clean_stale_temp()
         except BaseException:
             self.kv.close()
-            _remove_if(fresh, self.data_dir)
             raise
 
     @classmethod
@@ -135,6 +126,21 @@ class Repository:
             return Runtime(schema, self.services)
         except _SCHEMA_FAULTS as err:
             raise _not_compiled(err) from err
+
+    @staticmethod
+    def _stored(schema: Any) -> dict[str, Any]:
+        """The stored schema, as it is. One that fails checks added since it was stored
+        still runs, with a warning: refusing it would lock its data away, and only a
+        running repository can take a replacement (``PUT /admin/config``)."""
+        problems = schema_mod.problems_of(schema)
+        if problems:
+            log.warning(
+                "the stored schema fails %d check(s) of this version; it runs as it is "
+                "until it is replaced: %s",
+                len(problems),
+                "; ".join(f"{p['path']}: {p['message']}" for p in problems),
+            )
+        return schema
 
     @staticmethod
     def _initial_schema(schema: Any) -> dict[str, Any]:
@@ -296,7 +302,7 @@ class Repository:
     ) -> dict[str, Any]:
         """Publish bytes, a file path or a binary stream; returns ``{digest, size}``."""
         values = {"namespace": namespace, "name": name, "version": version, "variant": variant}
-        headers = {"X-Checksum-Sha256": sha256} if sha256 else None
+        headers = {"X-Checksum-Sha256": sha256} if sha256 is not None else None
         principal: dict[str, Any] = {
             "sub": by,
             "scopes": ["admin"],
@@ -431,9 +437,3 @@ def _remaining(stream: IO[bytes]) -> int | None:
 def _not_compiled(err: BaseException) -> InvalidConfig:
     log.warning("schema refused when compiled: %r", err)
     return InvalidConfig([{"path": "$", "message": f"cannot be compiled: {err!r}"}])
-
-
-def _remove_if(created: bool, path: Path) -> None:
-    """Remove the data directory this open created, after it failed."""
-    if created:
-        shutil.rmtree(path, ignore_errors=True)

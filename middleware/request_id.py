@@ -330,26 +330,26 @@ def _write_access_log(logger: logging.Logger, exchange: _Exchange) -> None:
 def _started(app_iter: Iterable[bytes]) -> Iterable[bytes]:
     """``app_iter`` with its first chunk already taken (so its start_response has run),
     closed if that fails."""
+    close = getattr(app_iter, "close", None)
     chunks = iter(app_iter)
     try:
         first = next(chunks)
-    except StopIteration:
-        return app_iter
+    except StopIteration:  # started and done: iterating it again would start it again
+        return _Resumed(iter(()), close)
     except BaseException:
-        close = getattr(app_iter, "close", None)
         if close is not None:
             close()
         raise
-    return _Resumed(first, chunks, getattr(app_iter, "close", None))
+    return _Resumed(itertools.chain((first,), chunks), close)
 
 
 class _Resumed:
-    """A started body: its first chunk, then the rest; closes the original."""
+    """A started body: what is left of it; closes the original."""
 
     __slots__ = ("_chunks", "close")
 
-    def __init__(self, first: bytes, rest: Iterator[bytes], close: Callable[[], Any] | None):
-        self._chunks = itertools.chain((first,), rest)
+    def __init__(self, chunks: Iterator[bytes], close: Callable[[], Any] | None):
+        self._chunks = chunks
         if close is not None:
             self.close = close
 

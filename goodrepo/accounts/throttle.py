@@ -8,8 +8,10 @@ login clears its username's failures (not its address's, so one valid account ca
 launder guesses against others). State lives in memory, bounded to ``max_keys`` keys:
 the least recently touched ones are forgotten first.
 
-An attempt counts as a failure from the moment it is let in until it succeeds, so
-concurrent guesses cannot all pass the check before any of them has failed.
+Attempts under way count too: while a username or an address has as many attempts
+under way as failures it may still make, the next one waits (a few seconds at most) for
+one of them to end. So guesses sent at once cannot all pass the check before any of them
+has failed, and concurrent logins that succeed are only queued, never refused.
 
 Usage::
 
@@ -41,7 +43,8 @@ class LoginThrottle:
 
     ``max_failures`` within ``window`` seconds per username; ``address_max_failures``
     (default: the same) per client address; ``max_keys`` bounds the number of tracked
-    usernames and addresses together; ``clock`` is a monotonic clock.
+    usernames and addresses together; ``clock`` is a monotonic clock; ``queue_seconds``
+    bounds how long an attempt waits for others under way to end.
 
     Usage::
 
@@ -57,6 +60,7 @@ class LoginThrottle:
         address_max_failures: int | None = None,
         max_keys: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
+        queue_seconds: float = 10.0,
     ) -> None:
         address_max = max_failures if address_max_failures is None else address_max_failures
         if max_failures < 1 or address_max < 1:
@@ -70,8 +74,11 @@ class LoginThrottle:
         self.window = float(window)
         self.max_keys = max_keys
         self.clock = clock
+        self.queue_seconds = queue_seconds
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)  # an attempt under way ended
         self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._under_way: dict[tuple[str, str], int] = {}
 
     @classmethod
     def from_limit(cls, limit: str, **kwargs: object) -> LoginThrottle:
@@ -85,25 +92,40 @@ class LoginThrottle:
     def attempt(self, username: str, address: str | None) -> Iterator[None]:
         """Let one attempt in, or raise :class:`RateLimited`; the body checks the password.
 
-        The attempt counts as a failure while the body runs and stays one if the body
-        raises :class:`InvalidCredentials`. Otherwise it is taken back: on success the
-        username's failures are forgotten (:meth:`success`), on any other error nothing
-        is counted.
+        The attempt is a failure if the body raises :class:`InvalidCredentials`; a
+        success (the body returns) forgets the username's failures; any other error
+        counts as nothing. See the module for attempts under way.
         """
         keys = self._keys(username, address)
-        now = self.clock()
-        with self._lock:
-            self._refuse_over_limit(keys, now)
-            self._record(keys, now)
+        give_up = time.monotonic() + self.queue_seconds
+        with self._ended:
+            while True:
+                now = self.clock()
+                self._refuse_over_limit(keys, now)
+                if all(self._room(key, limit, now) > 0 for key, limit in keys):
+                    break
+                if not self._ended.wait(give_up - time.monotonic()):
+                    raise RateLimited(1, "too many logins under way; try again")
+            for key, _ in keys:
+                self._under_way[key] = self._under_way.get(key, 0) + 1
+        outcome = "error"
         try:
             yield
+            outcome = "success"
         except InvalidCredentials:
+            outcome = "failure"
             raise
-        except BaseException:
-            self._take_back(keys, now)
-            raise
-        self._take_back(keys, now)
-        self.success(username)
+        finally:
+            with self._ended:
+                for key, _ in keys:
+                    left = self._under_way.pop(key) - 1
+                    if left:
+                        self._under_way[key] = left
+                if outcome == "failure":
+                    self._record(keys, self.clock())
+                elif outcome == "success":
+                    self._failures.pop(("u", _name(username)), None)
+                self._ended.notify_all()
 
     def check(self, username: str, address: str | None) -> None:
         """Raise :class:`RateLimited` while either key is over its limit."""
@@ -147,14 +169,13 @@ class LoginThrottle:
                 self._failures.move_to_end(key)
             window.append(now)
 
-    def _take_back(self, keys: list[tuple[tuple[str, str], int]], now: float) -> None:
-        with self._lock:
-            for key, _ in keys:
-                window = self._failures.get(key)
-                if window is not None and now in window:
-                    window.remove(now)
-                    if not window:
-                        del self._failures[key]
+    def _room(self, key: tuple[str, str], limit: int, now: float) -> int:
+        """How many more attempts ``key`` may have under way now."""
+        used = self._under_way.get(key, 0)
+        if key in self._failures:
+            self._wait(key, limit, now)  # drops failures that left the window
+            used += len(self._failures.get(key, ()))
+        return limit - used
 
     def _wait(self, key: tuple[str, str], limit: int, now: float) -> float:
         window = self._failures[key]

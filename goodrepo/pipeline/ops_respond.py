@@ -52,7 +52,7 @@ def _headers(args: dict[str, Any]) -> list[tuple[str, Template]]:
     body=Arg("value"),
     headers=Arg("headers"),
     etag_of=Arg("value"),
-    paginate=Arg("varref"),
+    paginate=Arg("ref"),
 )
 def _json(args: dict[str, Any], rt: Runtime) -> Runner:
     status = args.get("status", 200)

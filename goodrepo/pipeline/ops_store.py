@@ -434,7 +434,7 @@ EVENT_COUNTERS = {"artifact.published": "publishes"}
     "emit.event",
     kv_write=True,
     type=Arg("name", required=True, ref="event_type"),
-    payload=Arg("object", required=True),
+    payload=Arg("value", required=True),
     for_each=Arg("value"),
     as_=Arg("var"),
 )

@@ -37,6 +37,7 @@ Builder = Callable[[dict[str, Any], "Runtime"], Runner]
 #   status    a literal HTTP status code, 100-599
 #   headers   a literal object of header names to text templates
 #   varref    a literal "$variable" reference
+#   ref       a literal "$variable" or "$variable.path" reference
 ARG_KINDS = (
     "value",
     "name",
@@ -50,6 +51,7 @@ ARG_KINDS = (
     "status",
     "headers",
     "varref",
+    "ref",
 )
 
 # What a ``name`` argument refers to, and where the validator looks it up.

@@ -172,6 +172,8 @@ def _check_refs(node: Any, validator: Draft202012Validator) -> None:
     if resolver is None:
         return
     if isinstance(node, dict):
+        if node is not validator.schema and "$id" in node:
+            return  # an embedded resource: its local refs are relative to it
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#"):
             try:
@@ -257,7 +259,7 @@ def _templates(spec: OpSpec, args: dict[str, Any]) -> Iterable[tuple[str, Templa
         value = args[name]
         if arg.kind in ("value", "text", "headers"):
             yield name, compile_value(value)
-        elif arg.kind == "object" and name in ("fields", "conflict", "payload"):
+        elif arg.kind == "object" and name in ("fields", "conflict"):
             yield name, compile_value(value)
         elif arg.kind == "strings" and name in ("group", "parent"):
             yield name, compile_value(value)
@@ -270,6 +272,7 @@ def _check_arg(kind: str, value: Any) -> str | None:
         "varref": isinstance(value, str)
         and value.startswith("$")
         and bool(_IDENT.fullmatch(value[1:])),
+        "ref": _is_ref(value),
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -291,12 +294,21 @@ def _check_arg(kind: str, value: Any) -> str | None:
     return None if ok else _KIND_NEEDS[kind]
 
 
+_REF = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
+
+
+def _is_ref(value: Any) -> bool:
+    """Whether ``value`` is a ``$variable`` reference, dotted paths included."""
+    return isinstance(value, str) and _REF.fullmatch(value) is not None
+
+
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # printable ASCII: no line breaks
 _KIND_NEEDS = {
     "name": "must be a non-empty name",
     "var": "must be a variable name",
     "varref": "must be a $variable reference",
+    "ref": "must be a $reference such as $page",
     "bool": "must be true or false",
     "int": "must be an integer",
     "strings": "must be a list of strings",
@@ -326,6 +338,7 @@ def _check_pipeline(
     defined_vars = set(BUILTIN_VARS)
     defined_fields: set[str] = set()
     in_txn = False
+    staged = False  # a write is staged in the open transaction
     unverified: dict[str, str] = {}  # blob var -> where it was put
     unstored: dict[str, str] = {}  # blob var -> where it was verified (txn.commit stores it)
     ended = False
@@ -421,6 +434,10 @@ def _check_pipeline(
             missing = [f for f in needed if f not in args["row"]]
             if missing:
                 problems.add(f"{where}.row", f"needs the index's fields {missing}")
+        if name == "emit.event" and not (
+            isinstance(args.get("payload"), dict) or _is_ref(args.get("payload"))
+        ):
+            problems.add(f"{where}.payload", "must be an object or a $reference to one")
         conflict = args.get("conflict")
         if isinstance(conflict, dict) and not isinstance(conflict.get("compare", ""), str):
             problems.add(f"{where}.conflict.compare", "must be the name of a field")
@@ -473,7 +490,7 @@ def _check_pipeline(
                     where,
                     "a blob.put must be followed by blob.verify_digest before the transaction",
                 )
-            in_txn = True
+            in_txn, staged = True, False
         elif name in ("txn.commit", "txn.abort"):
             if not in_txn:
                 problems.add(where, f"{name} without txn.begin")
@@ -482,8 +499,10 @@ def _check_pipeline(
                 unstored.clear()
         elif spec.kv_write and not in_txn:
             problems.add(where, f"{name} writes and must be inside txn.begin ... txn.commit")
-        if spec.terminal and in_txn and name != "respond.error":
-            # Conditional or not: the open transaction would be discarded unseen.
+        elif spec.kv_write:
+            staged = True
+        if spec.terminal and in_txn and name != "respond.error" and ("when" not in step or staged):
+            # The open transaction would be discarded, its writes with it, unseen.
             problems.add(where, "responds while a transaction is still open")
         if spec.terminal and "when" not in step:
             ended = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import pytest
 
@@ -98,13 +99,31 @@ def test_success_resets_the_username_not_the_address(throttle):
     throttle.check("alice", "192.0.2.9")
 
 
-def test_attempts_under_way_count_against_the_limit(throttle):
+def test_attempts_under_way_count_against_the_limit(clock):
+    throttle = LoginThrottle(max_failures=3, window=60, clock=clock, queue_seconds=0.05)
     with contextlib.ExitStack() as running:
         for i in range(3):  # three guesses at once, from three addresses
             running.enter_context(throttle.attempt("alice", f"192.0.2.{i}"))
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimited, match="under way"):  # waited, none ended
             running.enter_context(throttle.attempt("alice", "192.0.2.9"))
-    assert len(throttle) == 0  # none failed: all taken back
+    assert len(throttle) == 0  # none failed
+
+
+def test_an_attempt_waits_for_one_under_way_to_end(clock):
+    throttle = LoginThrottle(max_failures=1, window=60, clock=clock)
+    order = []
+
+    def second() -> None:
+        with throttle.attempt("alice", "192.0.2.2"):
+            order.append("second")
+
+    with throttle.attempt("alice", "192.0.2.1"):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        time.sleep(0.1)
+        order.append("first")
+    waiting.join(10)
+    assert order == ["first", "second"]  # let in once the first succeeded
 
 
 def test_an_attempt_is_a_failure_only_if_the_password_was_wrong(throttle):

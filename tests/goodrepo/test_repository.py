@@ -598,13 +598,13 @@ def test_publish_takes_any_bytes_like_and_refuses_text(repo: Repository, tmp_pat
         repo.publish("acme", "txt", "1.0.0", "x", text)
 
 
-def test_a_seed_schema_that_cannot_run_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_a_seed_schema_that_cannot_run_is_not_stored(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("in the way")
     schema = schema_mod.default_schema()
     schema["storage"]["blob_stores"]["primary"]["root"] = str(tmp_path / "a-file" / "blobs")
     with pytest.raises(StoreError):
         Repository.open(tmp_path / "data", schema=schema)
-    assert not (tmp_path / "data").exists()
+    # (The directory stays: removing it could pull it from under another opener.)
     with Repository.open(tmp_path / "data") as repo:  # the default takes its place
         assert repo.schema["storage"]["blob_stores"]["primary"]["root"] == "blobs"
 
@@ -744,3 +744,32 @@ def test_a_schema_that_cannot_be_compiled_is_refused(
         repo.replace_schema(candidate)
     assert path in [p["path"] for p in info.value.problems]
     assert stored_schema(repo) == before and repo.runtime is runtime
+
+
+def test_a_stored_schema_that_newer_checks_refuse_still_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stored by an earlier version: refusing it now would lock its data away.
+    with Repository.open(tmp_path / "data") as repo:
+        repo.publish("acme", "app", "1.0.0", "linux", b"x")
+        old = repo.schema
+        commit = next(x for x in old["routes"] if x["id"] == "put_tag")["pipeline"]
+        next(x for x in commit if x["op"] == "txn.commit")["when"] = {"is_null": "$features"}
+        repo.kv.put_json(SCHEMA_KEY, old)
+    with caplog.at_level("WARNING", logger="goodrepo.repository"):
+        repo = Repository.open(tmp_path / "data")
+    try:
+        assert "fails 1 check(s)" in caplog.text and "cannot be conditional" in caplog.text
+        assert repo.latest("acme", "app")["version"] == "1.0.0"  # type: ignore[index]
+        with pytest.raises(InvalidConfig):  # a replacement must pass them
+            repo.replace_schema(repo.schema)
+        repo.replace_schema(schema_mod.default_schema())
+    finally:
+        repo.close()
+
+
+def test_an_empty_expected_digest_is_refused_not_skipped(repo: Repository) -> None:
+    with pytest.raises(InvalidRequest, match="X-Checksum-Sha256"):
+        repo.publish("acme", "app", "1.0.0", "linux", b"x", sha256="")
+    with pytest.raises(NotFound):
+        repo.metadata("acme", "app", "1.0.0", "linux")

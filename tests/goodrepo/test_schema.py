@@ -284,9 +284,9 @@ BROKEN = [
         id="filename-not-text",
     ),
     pytest.param(
-        _call(lambda s: step(s, "latest", "respond.json").update(paginate="$latest.x")),
+        _call(lambda s: step(s, "latest", "respond.json").update(paginate="latest")),
         ".paginate",
-        "$variable reference",
+        "$reference",
         id="paginate-not-a-variable",
     ),
     pytest.param(
@@ -491,6 +491,49 @@ def test_broken_schema_is_rejected_with_its_problem(
     assert any(path_prefix in p["path"] and message in p["message"] for p in problems), problems
     with pytest.raises(InvalidConfig):
         schema_mod.validate(s)
+
+
+def _idempotent_delete(s: dict[str, Any]) -> None:
+    pipeline = route(s, "delete_artifact")["pipeline"]
+    at = next(i for i, x in enumerate(pipeline) if x["op"] == "respond.error")
+    pipeline.insert(at, {"op": "respond.json", "status": 204, "when": {"is_null": "$meta"}})
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # Answering inside a transaction before anything is written loses nothing.
+        pytest.param(_idempotent_delete, id="conditional-answer-before-any-write"),
+        pytest.param(
+            _call(lambda s: step(s, "delete_tag", "emit.event").update(payload="$current")),
+            id="event-payload-from-a-variable",
+        ),
+        pytest.param(
+            _call(lambda s: step(s, "versions", "respond.json").update(paginate="$page")),
+            id="paginate-a-variable",
+        ),
+        pytest.param(
+            _call(
+                lambda s: s["validation"]["json_schemas"].update(
+                    embedded={
+                        "$defs": {
+                            "ver": {
+                                "$id": "urn:ver",
+                                "$defs": {"txt": {"type": "string"}},
+                                "$ref": "#/$defs/txt",
+                            }
+                        }
+                    }
+                )
+            ),
+            id="json-schema-with-an-embedded-resource",
+        ),
+    ],
+)
+def test_reasonable_variants_are_accepted(edit: Callable[[dict[str, Any]], None]) -> None:
+    s = schema_mod.default_schema()
+    edit(s)
+    assert schema_mod.problems_of(s) == []
 
 
 def test_every_problem_is_listed_at_once() -> None:

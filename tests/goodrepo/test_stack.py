@@ -185,6 +185,37 @@ def test_concurrent_guesses_get_no_more_than_the_limit(
     assert sorted(statuses) == [401] * 5 + [429] * 7
 
 
+def test_concurrent_logins_that_succeed_are_queued_not_refused(
+    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = stack.users.authenticate
+
+    def slow(*args: Any) -> Any:
+        time.sleep(0.1)
+        return real(*args)
+
+    monkeypatch.setattr(stack.users, "authenticate", slow)
+    start = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def log_in(i: int) -> None:
+        start.wait()
+        res = web.post_json(
+            "/auth/login",
+            {"username": "admin", "password": PASSWORD},
+            extra_environ={"REMOTE_ADDR": f"192.0.2.{i + 1}"},
+            expect_errors=True,
+        )
+        statuses.append(res.status_int)
+
+    threads = [threading.Thread(target=log_in, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 8
+
+
 def test_refresh_rotates_and_replay_revokes_the_family(web: webtest.TestApp) -> None:
     first = login(web)["refresh_token"]
     second = web.post_json("/auth/refresh", {"refresh_token": first}).json

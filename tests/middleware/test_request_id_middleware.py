@@ -342,6 +342,29 @@ def test_a_generator_app_streams_through_whole(records: list) -> None:
     assert (line.status, line.bytes) == (200, 7)
 
 
+def test_a_lazy_body_that_answers_with_nothing_is_started_once(records: list) -> None:
+    class NoContent:  # starts the response when iterated, as some frameworks do
+        def __init__(self, start_response: Any) -> None:
+            self.start_response, self.closed = start_response, 0
+
+        def __iter__(self) -> Any:
+            self.start_response("204 No Content", [])
+            return iter(())
+
+        def close(self) -> None:
+            self.closed += 1
+
+    bodies: list[NoContent] = []
+
+    def app(environ: dict, start_response: Any) -> Any:
+        bodies.append(NoContent(start_response))
+        return bodies[-1]
+
+    server = Server()
+    assert server.run(RequestIDMiddleware(app)) == b""
+    assert server.statuses == ["204 No Content"] and bodies[0].closed == 1
+
+
 def test_bytes_sent_through_write_are_counted(records: list) -> None:
     def legacy(environ: dict, start_response: Any) -> Any:
         start_response("200 OK", [("Content-Length", "10")])(b"0123456789")
