@@ -378,6 +378,18 @@ def test_invalid_replacement_changes_nothing(repo: Repository, mutate: Any) -> N
     publish(client, "acme/app/2.0.0/linux", b"still works")
 
 
+def refused_paths(repo: Repository, mutate: Any) -> list[str]:
+    """The problem paths of the replacement that ``mutate`` makes of the active schema,
+    after checking that it was refused and changed nothing."""
+    before, runtime = stored_schema(repo), repo.runtime
+    candidate = repo.schema
+    mutate(candidate)
+    with pytest.raises(InvalidConfig) as info:
+        repo.replace_schema(candidate)
+    assert stored_schema(repo) == before and repo.runtime is runtime
+    return [p["path"] for p in info.value.problems]
+
+
 def _scheme(s: dict[str, Any]) -> None:
     s["entities"]["artifact"]["versioning"]["scheme"] = "pep440"
 
@@ -415,13 +427,7 @@ def test_the_layout_of_stored_data_cannot_change(repo: Repository, mutate: Any, 
     # Stored data is never rewritten: a new layout would leave it out of reach, or an
     # index whose rows no longer match (a deleted artifact still "latest").
     repo.publish("acme", "app", "1.0.0", "linux", b"one")
-    before, runtime = stored_schema(repo), repo.runtime
-    candidate = repo.schema
-    mutate(candidate)
-    with pytest.raises(InvalidConfig) as info:
-        repo.replace_schema(candidate)
-    assert [p["path"] for p in info.value.problems] == [path]
-    assert stored_schema(repo) == before and repo.runtime is runtime
+    assert refused_paths(repo, mutate) == [path]
     assert not (repo.data_dir / "elsewhere").exists()
     assert repo.latest("acme", "app")["version"] == "1.0.0"  # type: ignore[index]
 
@@ -737,13 +743,7 @@ def test_a_schema_that_cannot_be_compiled_is_refused(
 ) -> None:
     if data:
         repo.publish("acme", "app", "1.0.0", "linux", b"x")
-    before, runtime = stored_schema(repo), repo.runtime
-    candidate = repo.schema
-    mutate(candidate)
-    with pytest.raises(InvalidConfig) as info:
-        repo.replace_schema(candidate)
-    assert path in [p["path"] for p in info.value.problems]
-    assert stored_schema(repo) == before and repo.runtime is runtime
+    assert path in refused_paths(repo, mutate)
 
 
 def test_a_stored_schema_that_newer_checks_refuse_still_opens(

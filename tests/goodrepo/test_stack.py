@@ -152,68 +152,57 @@ def test_login_throttled_per_address(tmp_path: Path) -> None:
         app.close()
 
 
-def test_concurrent_guesses_get_no_more_than_the_limit(
-    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Each from an address of its own, all checked at once: the per-username limit
-    # (5/minute) holds for guesses under way as for guesses done.
+def logins_at_once(
+    web: webtest.TestApp,
+    stack: GoodrepoApp,
+    monkeypatch: pytest.MonkeyPatch,
+    passwords: list[str],
+    seconds: float,
+) -> list[int]:
+    """The statuses of logins as admin with ``passwords``, all sent at once, each from an
+    address of its own, each password check taking ``seconds`` more."""
     real = stack.users.authenticate
 
     def slow(*args: Any) -> Any:
-        time.sleep(0.2)  # every guess is let in or refused before the first one ends
+        time.sleep(seconds)
         return real(*args)
 
     monkeypatch.setattr(stack.users, "authenticate", slow)
-    start = threading.Barrier(12)
-    statuses: list[int] = []
-
-    def guess(i: int) -> None:
-        start.wait()
-        res = web.post_json(
-            "/auth/login",
-            {"username": "admin", "password": f"guess number {i}"},
-            extra_environ={"REMOTE_ADDR": f"192.0.2.{i + 1}"},
-            expect_errors=True,
-        )
-        statuses.append(res.status_int)
-
-    threads = [threading.Thread(target=guess, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(statuses) == [401] * 5 + [429] * 7
-
-
-def test_concurrent_logins_that_succeed_are_queued_not_refused(
-    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = stack.users.authenticate
-
-    def slow(*args: Any) -> Any:
-        time.sleep(0.1)
-        return real(*args)
-
-    monkeypatch.setattr(stack.users, "authenticate", slow)
-    start = threading.Barrier(8)
+    start = threading.Barrier(len(passwords))
     statuses: list[int] = []
 
     def log_in(i: int) -> None:
         start.wait()
         res = web.post_json(
             "/auth/login",
-            {"username": "admin", "password": PASSWORD},
+            {"username": "admin", "password": passwords[i]},
             extra_environ={"REMOTE_ADDR": f"192.0.2.{i + 1}"},
             expect_errors=True,
         )
         statuses.append(res.status_int)
 
-    threads = [threading.Thread(target=log_in, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=log_in, args=(i,)) for i in range(len(passwords))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert statuses == [200] * 8
+    return sorted(statuses)
+
+
+def test_concurrent_guesses_get_no_more_than_the_limit(
+    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The per-username limit (5/minute) holds for guesses under way as for guesses done:
+    # every guess is let in or held back before the first one ends.
+    guesses = [f"guess number {i}" for i in range(12)]
+    statuses = logins_at_once(web, stack, monkeypatch, guesses, 0.2)
+    assert statuses == [401] * 5 + [429] * 7
+
+
+def test_concurrent_logins_that_succeed_are_queued_not_refused(
+    web: webtest.TestApp, stack: GoodrepoApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert logins_at_once(web, stack, monkeypatch, [PASSWORD] * 8, 0.1) == [200] * 8
 
 
 def test_refresh_rotates_and_replay_revokes_the_family(web: webtest.TestApp) -> None:
