@@ -265,7 +265,12 @@ def _json_schema(args: dict[str, Any], rt: Runtime) -> Runner:
     value = compile_value(args["value"])
 
     def run(ctx: RequestContext) -> None:
-        errors = sorted(validator.iter_errors(value.render(ctx)), key=lambda e: list(e.path))
+        try:
+            errors = sorted(validator.iter_errors(value.render(ctx)), key=lambda e: list(e.path))
+        except (RecursionError, OverflowError) as err:  # a body nested too deep, a huge number
+            raise InvalidRequest(
+                "the request body cannot be checked: too deep or too large"
+            ) from err
         if errors:
             problems = [
                 {"path": "/" + "/".join(str(p) for p in e.path), "message": e.message}

@@ -76,8 +76,8 @@ def _json(args: dict[str, Any], rt: Runtime) -> Runner:
             rendered = value.render(ctx)
             response.headers[name] = _absolute(ctx, rendered) if name == "Location" else rendered
         if paginate is not None:
-            page = paginate.render(ctx) or {}
-            if page.get("next_cursor"):
+            page = paginate.render(ctx)
+            if isinstance(page, dict) and page.get("next_cursor"):
                 response.headers["Link"] = next_link(ctx.request, page["next_cursor"])
         if tag is not None:
             response.set_etag(tag)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidRequest, PayloadTooLarge, StoreError, error_for
+from ..errors import GoodrepoError, InvalidRequest, PayloadTooLarge, StoreError, error_for
 from ..storage.index import scan_page
 from ..storage.kv import dumps, loads
 from .context import RequestContext
@@ -184,7 +184,8 @@ def _kv_scan(args: dict[str, Any], rt: Runtime) -> Runner:
 
     def run(ctx: RequestContext) -> None:
         prefix = doc.key(ctx, upto=depth)
-        rows, nxt = scan_page(rt.kv, prefix, limit=limit.render(ctx), cursor=cursor.render(ctx))
+        size, after = _page(ctx, limit, cursor)
+        rows, nxt = scan_page(rt.kv, prefix, limit=size, cursor=after)
         ctx.set(out, {"items": [value for _, value in rows], "next_cursor": nxt})
 
     return run
@@ -234,6 +235,17 @@ def _kv_delete_where(args: dict[str, Any], rt: Runtime) -> Runner:
 # -- indexes --------------------------------------------------------------------------
 
 _INDEX = Arg("name", required=True, ref="index")
+
+
+def _page(ctx: RequestContext, limit: Template, cursor: Template) -> tuple[int, str | None]:
+    """The page size and cursor of a listing, as the schema's templates render them; a
+    schema fault (not the client's) when they are not a size and a cursor."""
+    size, after = limit.render(ctx), cursor.render(ctx)
+    if type(size) is not int or not 1 <= size < 2**31:
+        raise GoodrepoError("the route's page size is not a whole number (a schema fault)")
+    if after is not None and not isinstance(after, str):
+        raise GoodrepoError("the route's cursor is not text (a schema fault)")
+    return size, after
 
 
 def _group(args: dict[str, Any], key: str) -> list[Template]:
@@ -305,9 +317,8 @@ def _index_scan(args: dict[str, Any], rt: Runtime) -> Runner:
     keep = ("version", "variant", "blob_digest", "blob_size", "created_at")
 
     def run(ctx: RequestContext) -> None:
-        rows, nxt = index.versions(
-            [g.render(ctx) for g in group], limit=limit.render(ctx), cursor=cursor.render(ctx)
-        )
+        size, after = _page(ctx, limit, cursor)
+        rows, nxt = index.versions([g.render(ctx) for g in group], limit=size, cursor=after)
         items = [{k: row.get(k) for k in keep} for row in rows]
         ctx.set(out, {"items": items, "next_cursor": nxt})
 
@@ -337,11 +348,9 @@ def _index_groups(args: dict[str, Any], rt: Runtime) -> Runner:
 
     def run(ctx: RequestContext) -> None:
         values = [p.render(ctx) for p in parent]
+        size, after = _page(ctx, limit, cursor)
         groups, nxt = index.groups(
-            values,
-            limit=limit.render(ctx),
-            cursor=cursor.render(ctx),
-            name_prefix=name_prefix.render(ctx) or "",
+            values, limit=size, cursor=after, name_prefix=name_prefix.render(ctx) or ""
         )
         items: list[Any]
         if with_latest:

@@ -76,7 +76,7 @@ def _json_path(parts: Any) -> str:
 def problems_of(schema: Any) -> list[dict[str, str]]:
     """Every problem of ``schema``; an empty list means it is valid."""
     try:
-        json.dumps(schema, ensure_ascii=False).encode("utf-8")
+        json.dumps(schema, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
         return [{"path": "$", "message": "holds a lone surrogate (\\ud800-\\udfff): not text"}]
     except (TypeError, ValueError, RecursionError) as err:

@@ -45,9 +45,9 @@ def check_all(schema: dict[str, Any], *, shape_ok: bool = True) -> Problems:
     for check in _CHECKS:
         try:
             check(schema, problems)
-        except Exception:
+        except Exception as err:  # a value of a type no check foresaw
             if shape_ok:
-                raise
+                problems.add("$", f"cannot be checked ({check.__name__[7:]}): {err!r}")
     return problems
 
 
@@ -152,13 +152,23 @@ def _check_validation(schema: dict[str, Any], problems: Problems) -> None:
     for name, js in schema.get("validation", {}).get("json_schemas", {}).items():
         try:
             Draft202012Validator.check_schema(js)
-            _check_refs(js, Draft202012Validator(js))
+            validator = Draft202012Validator(js)
+            _check_refs(js, validator)
+            samples: tuple[Any, ...] = (None, {}, [], "", 0)
+            for sample in samples:  # a $ref cycle fails on any of them
+                for _ in validator.iter_errors(sample):
+                    pass
         except JsonSchemaError as err:
             problems.add(f"$.validation.json_schemas.{name}", f"not a valid JSON Schema: {err}")
         except RecursionError:
-            problems.add(f"$.validation.json_schemas.{name}", "nested too deeply")
+            problems.add(
+                f"$.validation.json_schemas.{name}",
+                "nested too deeply, or its $refs go round in a circle",
+            )
         except _Unresolvable as err:
             problems.add(f"$.validation.json_schemas.{name}", f"unresolvable $ref {err}")
+        except Exception as err:  # referencing errors, a $dynamicRef to no anchor, ...
+            problems.add(f"$.validation.json_schemas.{name}", f"cannot be evaluated: {err!r}")
 
 
 class _Unresolvable(Exception):
@@ -175,7 +185,9 @@ def _check_refs(node: Any, validator: Draft202012Validator) -> None:
         if node is not validator.schema and "$id" in node:
             return  # an embedded resource: its local refs are relative to it
         ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#"):
+        if isinstance(ref, str):
+            if not ref.startswith("#"):
+                raise _Unresolvable(f"{ref!r}: only local $refs (#...) are resolved here")
             try:
                 resolver.lookup(ref)
             except Exception as err:  # referencing's Unresolvable and its kin
@@ -280,7 +292,10 @@ def _check_arg(kind: str, value: Any) -> str | None:
         or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())),
         "object": isinstance(value, dict),
         "value": True,
-        "text": isinstance(value, str),
+        "text": isinstance(value, str)
+        and not _is_ref(value)
+        and "\r" not in value
+        and "\n" not in value,
         "status": isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599,
         "headers": isinstance(value, dict)
         and all(
@@ -292,6 +307,14 @@ def _check_arg(kind: str, value: Any) -> str | None:
         ),
     }[kind]
     return None if ok else _KIND_NEEDS[kind]
+
+
+_SCANS = frozenset({"kv.scan", "index.scan", "index.groups"})
+_OBJECT_VALUED = frozenset({"index.put", "index.delete", "kv.put", "kv.cas_put"})
+
+
+def _is_page_size(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= 1000
 
 
 _REF = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
@@ -314,7 +337,8 @@ _KIND_NEEDS = {
     "strings": "must be a list of strings",
     "fields": "must be a list of field names or an object of them",
     "object": "must be an object",
-    "text": "must be a string",
+    "text": "must be text: a template such as '{name}-{version}', not a $reference, "
+    "without line breaks",
     "status": "must be an HTTP status code from 100 to 599",
     "headers": "must be an object of header names to printable ASCII text",
     "value": "",
@@ -434,6 +458,28 @@ def _check_pipeline(
             missing = [f for f in needed if f not in args["row"]]
             if missing:
                 problems.add(f"{where}.row", f"needs the index's fields {missing}")
+        if (
+            name == "cache.put"
+            and "ttl" in args
+            and not (isinstance(args["ttl"], int) and 0 < args["ttl"] < 2**31)
+        ):
+            problems.add(f"{where}.ttl", "must be a number of seconds from 1 to 2147483647")
+        limit = args.get("limit")
+        if name in _SCANS and not (isinstance(limit, str) or _is_page_size(limit)):
+            problems.add(f"{where}.limit", "must be a whole number from 1 to 1000 or a template")
+        for key in ("row", "value"):
+            if (
+                key in args
+                and name in _OBJECT_VALUED
+                and not (isinstance(args[key], dict) or _is_ref(args[key]))
+            ):
+                problems.add(f"{where}.{key}", "must be an object or a $reference to one")
+        for key in ("fields", "conflict"):
+            member = args.get(key)
+            if isinstance(member, dict) and not all(
+                isinstance(v, str) for k, v in member.items() if k != "compare"
+            ):
+                problems.add(f"{where}.{key}", "its members must be strings (templates)")
         if name == "emit.event" and not (
             isinstance(args.get("payload"), dict) or _is_ref(args.get("payload"))
         ):
@@ -462,6 +508,9 @@ def _check_pipeline(
             reads_fields |= {t for t, _ in _pairs(args["fields"])}
         if name == "emit.event" and "for_each" in args:
             item = args.get("as", "item")
+            if not isinstance(item, str) or not _IDENT.fullmatch(item):
+                problems.add(f"{where}.as", "must be a variable name")
+                item = "item"
             reads_vars.discard(item)  # bound to each element in turn
             if item in defined_vars:
                 problems.add(
@@ -554,7 +603,7 @@ def _query_param_problem(schema: dict[str, Any], name: str, spec: Any) -> str | 
         if entity is None:
             return f"unknown entity {spec['entity']!r}"
         field = spec.get("field", name)
-        if field not in entity["fields"]:
+        if not isinstance(field, str) or field not in entity["fields"]:
             return f"entity {spec['entity']!r} has no field {field!r}"
     return None
 

@@ -11,7 +11,7 @@ from typing import Any
 from ..entities import NORMALIZERS
 
 _NAME = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_.-]{0,63}$"}
-_COUNT = {"type": "integer", "minimum": 0}
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
 _POSITIVE = {"type": "integer", "minimum": 1}
 
 
@@ -188,12 +188,17 @@ META_SCHEMA: dict[str, Any] = _obj(
         ),
         "gc": _obj(
             {
-                "grace_period_seconds": _COUNT,
+                # At most 100 years: times computed from them stay dates.
+                "grace_period_seconds": {"type": "integer", "minimum": 0, "maximum": 3155760000},
                 "retention": _obj(
                     {
                         "keep_tagged": {"type": "boolean"},
-                        "keep_last_versions": {"type": ["integer", "null"], "minimum": 1},
-                        "min_age_days": _COUNT,
+                        "keep_last_versions": {
+                            "type": ["integer", "null"],
+                            "minimum": 1,
+                            "maximum": 2**53 - 1,
+                        },
+                        "min_age_days": {"type": "integer", "minimum": 0, "maximum": 36525},
                     }
                 ),
             }

@@ -715,14 +715,13 @@ def test_call_edges_answer_with_our_errors(repo: Repository) -> None:
 @pytest.mark.parametrize(
     ("mutate", "path", "data"),
     [
-        # A check the validator lacks still makes a 422, not a crash.
         pytest.param(
             lambda s: next(x for x in s["routes"] if x["id"] == "put_tag")["pipeline"][11][
                 "fields"
             ].update(version=5),
-            "$",
+            "$.routes[6].pipeline[11].fields",
             False,
-            id="compile-fault",
+            id="template-member-not-text",
         ),
         pytest.param(  # allowed on its own, but not over stored documents
             lambda s: s["indexes"][0].pop("document"),
@@ -773,3 +772,39 @@ def test_an_empty_expected_digest_is_refused_not_skipped(repo: Repository) -> No
         repo.publish("acme", "app", "1.0.0", "linux", b"x", sha256="")
     with pytest.raises(NotFound):
         repo.metadata("acme", "app", "1.0.0", "linux")
+
+
+def test_a_schema_the_checks_pass_but_that_cannot_compile_is_refused(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should a check be missing, compiling is the last line: a 422, never a 500.
+    from goodrepo import repository as repository_mod
+
+    def broken(*args: Any) -> Any:
+        raise TypeError("an op met an argument of a type no check foresaw")
+
+    monkeypatch.setattr(repository_mod, "Runtime", broken)
+    assert refused_paths(repo, lambda s: s["features"].update(mutable_tags=True)) == ["$"]
+
+
+def test_a_body_too_big_for_a_json_schema_is_the_clients_fault(repo: Repository) -> None:
+    candidate = repo.schema
+    tag_update = candidate["validation"]["json_schemas"]["tag_update"]
+    tag_update["properties"]["target_version"] = {"type": "string", "multipleOf": 0.5}
+    repo.replace_schema(candidate)
+    repo.publish("acme", "app", "1.0.0", "linux", b"x")
+    client = client_for(repo, WRITER)
+    body = {"target_version": 10**400, "target_variant": "linux"}
+    res = client.put_json("/v1/acme/app/tags/stable", body, status=400)
+    assert res.json["error"]["code"] == "INVALID_REQUEST"
+
+
+def test_a_page_size_the_schema_renders_wrong_is_a_clear_error(repo: Repository) -> None:
+    candidate = repo.schema
+    query = next(x for x in candidate["routes"] if x["id"] == "versions")["pipeline"]
+    params = next(x for x in query if x["op"] == "parse.query")["params"]
+    params["limit"] = {"type": "string", "default": "10"}
+    repo.replace_schema(candidate)
+    repo.publish("acme", "app", "1.0.0", "linux", b"x")
+    res = client_for(repo, WRITER).get("/v1/acme/app/versions", status=500)
+    assert "page size is not a whole number" in res.json["error"]["message"]

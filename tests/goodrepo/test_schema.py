@@ -262,7 +262,7 @@ BROKEN = [
     pytest.param(
         _call(lambda s: step(s, "delete_artifact", "cache.invalidate").update(prefix=None)),
         ".prefix",
-        "must be a string",
+        "must be text",
         id="cache-prefix-not-text",
     ),
     pytest.param(
@@ -280,7 +280,7 @@ BROKEN = [
     pytest.param(
         _call(lambda s: step(s, "get_blob", "respond.bytes").update(filename=5)),
         ".filename",
-        "must be a string",
+        "must be text",
         id="filename-not-text",
     ),
     pytest.param(
@@ -395,6 +395,78 @@ BROKEN = [
         ".params.limit",
         "must be an object",
         id="query-spec-not-an-object",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "delete_artifact", "emit.event").update(**{"as": []})),
+        ".as",
+        "must be a variable name",
+        id="for-each-as-not-a-name",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "latest", "parse.query")["params"]["variant"].update(field=[])),
+        ".params.variant",
+        "has no field",
+        id="query-field-not-a-name",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"].update(allOf=[{"$ref": "#"}])
+        ),
+        "$.validation.json_schemas.tag_update",
+        "go round in a circle",
+        id="json-schema-ref-cycle",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"].update(
+                allOf=[{"$ref": "other.json"}]
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        "only local $refs",
+        id="json-schema-remote-ref",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "get_artifact", "cache.put").update(ttl=10**400)),
+        ".ttl",
+        "seconds from 1",
+        id="cache-ttl-too-big",
+    ),
+    pytest.param(
+        _set("gc.retention.min_age_days", 800000),
+        "$.gc.retention.min_age_days",
+        "",
+        id="gc-age-too-big",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "get_blob", "respond.bytes").update(filename="$meta.blob_size")),
+        ".filename",
+        "not a $reference",
+        id="text-given-a-reference",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "versions", "index.scan").update(limit=-1)),
+        ".limit",
+        "from 1 to 1000",
+        id="literal-limit-negative",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "delete_artifact", "index.delete").update(row=[])),
+        ".row",
+        "must be an object",
+        id="index-row-not-an-object",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "publish_blob", "kv.cas_put").update(value="{namespace}")),
+        ".value",
+        "must be an object",
+        id="document-not-an-object",
+    ),
+    pytest.param(
+        _set("description", float("nan")),
+        "$",
+        "not JSON data",
+        id="nan",
     ),
     pytest.param(
         _set("description", "\ud800"),
