@@ -435,6 +435,13 @@ def _check_pipeline(
             raw_fields = args.get("fields")
             overrides: dict[str, Any] = raw_fields if isinstance(raw_fields, dict) else {}
             reads_fields |= {f for f in key_fields if f not in overrides}
+        if name.startswith("index."):
+            texts = [*args.get("group", []), *args.get("parent", [])]
+            texts += [args[k] for k in ("name_prefix", "variant") if k in args]
+            if any(isinstance(t, str) and not t.isascii() for t in texts):
+                problems.add(
+                    where, "index keys are ASCII: group, parent, name_prefix and variant too"
+                )
         if arg_ok and name in ("index.latest", "index.scan", "index.groups"):
             depth = len(_index_spec(schema, args["index"])["group_by"])
             if name == "index.groups" and len(args["parent"]) >= depth:
@@ -605,6 +612,20 @@ def _query_param_problem(schema: dict[str, Any], name: str, spec: Any) -> str | 
         field = spec.get("field", name)
         if not isinstance(field, str) or field not in entity["fields"]:
             return f"entity {spec['entity']!r} has no field {field!r}"
+        pattern = entity["fields"][field].get("pattern")
+        if (
+            kind == "string"
+            and isinstance(default, str)
+            and isinstance(pattern, str)
+            and not re.fullmatch(pattern, default)
+        ):
+            return f"the default {default!r} is not a valid {field}"
+    if (
+        kind == "prefix"
+        and isinstance(default, str)
+        and not (default.isascii() and default.isprintable())
+    ):
+        return "the default must be printable ASCII"
     return None
 
 

@@ -469,6 +469,22 @@ BROKEN = [
         id="nan",
     ),
     pytest.param(
+        _call(lambda s: step(s, "latest", "index.latest")["group"].__setitem__(1, "\u00e9")),
+        "$.routes[",
+        "index keys are ASCII",
+        id="index-group-not-ascii",
+    ),
+    pytest.param(
+        _call(
+            lambda s: step(s, "latest", "parse.query")["params"]["variant"].update(
+                default="\u00e9"
+            )
+        ),
+        ".params.variant",
+        "is not a valid variant",
+        id="query-default-breaks-the-pattern",
+    ),
+    pytest.param(
         _set("description", "\ud800"),
         "$",
         "lone surrogate",
