@@ -94,6 +94,8 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
     import waitress
     from waitress import wasyncore
 
+    from .refusals import RefusalChannel
+
     server = waitress.create_server(
         app,
         host=settings.host,
@@ -107,6 +109,8 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
         clear_untrusted_proxy_headers=not settings.trusted_proxies,
     )
     listeners = _listeners(server)
+    for listener in listeners:  # waitress's own refusals answered in JSON by the app
+        listener.channel_class = RefusalChannel
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -9,11 +9,14 @@ Order, outermost first, and why:
 3. security headers — added to every answer, the middlewares' own included;
 4. CORS — answers preflights before anything asks for a token, and decorates refusals so
    that browsers can read them;
-5. health — probes need no token and are not rate limited;
-6. rate limit — refuses floods (login attempts first) before any password hashing or
+5. server refusals — a request that ``goodrepo serve``'s HTTP server refused before
+   reading it (a body over the limit, a malformed request) is answered here, in the JSON
+   error shape, with everything the layers above add (see :mod:`goodrepo.refusals`);
+6. health — probes need no token and are not rate limited;
+7. rate limit — refuses floods (login attempts first) before any password hashing or
    token verification is spent on them;
-7. auth — verifies the bearer token and puts the principal in the environ;
-8. the accounts and admin endpoints, then the schema's routes (the core).
+8. auth — verifies the bearer token and puts the principal in the environ;
+9. the accounts and admin endpoints, then the schema's routes (the core).
 
 Before any of it, :func:`create_app` reads and validates ``schema_file`` and only then
 opens (or creates) the data directory, so that a schema file that cannot be read or is
@@ -39,6 +42,7 @@ from prometheus_client import CollectorRegistry
 
 from middleware.auth import DEFAULT_PUBLIC_PATHS, JWTAuthMiddleware
 from middleware.cors import CORSMiddleware
+from middleware.errors import error_response
 from middleware.health import HealthMiddleware
 from middleware.metrics import DEFAULT_COUNTERS, MetricsMiddleware
 from middleware.ratelimit import RateLimitMiddleware, Rule
@@ -65,6 +69,9 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 UNLIMITED_BODY = 1 << 62  # waitress has no "no limit"; no body comes near this
+SERVER_REFUSAL = "goodrepo.server_refusal"
+"""Environ key: ``(status, code, message)`` of a request the HTTP server refused before
+reading it. Only the server sets it (a request header cannot: those become ``HTTP_*``)."""
 COUNTERS = {
     **DEFAULT_COUNTERS,
     "response_cache_hits": "Metadata and latest answers served from the response cache.",
@@ -134,6 +141,7 @@ class GoodrepoApp:
             trusted_proxies=settings.trusted_proxies,
         )
         app = HealthMiddleware(app, checks=self.readiness_checks())
+        app = _ServerRefusals(app)
         app = CORSMiddleware(app, allow_origins=settings.cors_origins)
         app = SecurityHeadersMiddleware(app, hsts_max_age=settings.hsts or None)
         metrics = MetricsMiddleware(app, registry=registry, path=None, counters=COUNTERS)
@@ -255,6 +263,20 @@ class GoodrepoApp:
             self._ratelimit.close()
         finally:
             self.repo.close()
+
+
+class _ServerRefusals:
+    """Answers a request carrying :data:`SERVER_REFUSAL` with that error; passes on the rest."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        refusal = environ.get(SERVER_REFUSAL)
+        if refusal is None:
+            return self.app(environ, start_response)
+        status, code, message = refusal
+        return error_response(environ, status, code, message)(environ, start_response)
 
 
 def create_app(

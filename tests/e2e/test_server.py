@@ -297,7 +297,11 @@ def test_the_body_limit_follows_the_blob_stores(server: Any, tmp_path: Path) -> 
             + f"Authorization: Bearer {s.admin_token}\r\n".encode()
             + f"Content-Length: {limit + 1}\r\n\r\n".encode()
         )
-        assert sock.recv(65536).startswith(b"HTTP/1.1 413 ")
+        head, body = read_answer(sock)
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    error = json.loads(body)["error"]
+    assert error["code"] == "PAYLOAD_TOO_LARGE"
+    assert error["message"] == f"the request body is over {limit} bytes"
     assert s.request("GET", "/v1/acme/sized/2.0.0/any", token=s.admin_token).status_code == 404
 
     unlimited = tmp_path / "unlimited"
@@ -306,6 +310,92 @@ def test_the_body_limit_follows_the_blob_stores(server: Any, tmp_path: Path) -> 
     big = b"y" * (6 << 20)
     r = s.publish("acme/sized/1.0.0/any", big)
     assert r.json()["size"] == len(big)
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read one answer up to the server's close: its head and body."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read the answer to the close: status, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        head, body = read_answer(sock)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code", "message", "headers_read"),
+    [
+        (b"GET /\xff HTTP/1.1\r\nHost: x\r\n", 400, "INVALID_REQUEST", "Bad URI", True),
+        (
+            b"PUT /v1/a/b/1/any/blob HTTP/1.1\r\nContent-Length: 12abc\r\n",
+            400,
+            "INVALID_REQUEST",
+            "Content-Length is invalid",
+            True,
+        ),
+        (
+            b"PUT /v1/a/b/1/any/blob HTTP/1.1\r\nTransfer-Encoding: gzip\r\n",
+            501,
+            "NOT_IMPLEMENTED",
+            "chunked",
+            True,
+        ),
+        (
+            b"GET / HTTP/1.1\r\n Authorization: Bearer s3cret-token\r\n",
+            400,
+            "INVALID_REQUEST",
+            "Malformed header line",
+            False,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nX-Padding: " + b"p" * (256 << 10) + b"\r\n",
+            431,
+            "INVALID_REQUEST",
+            "request line and headers are over",
+            False,
+        ),
+    ],
+    ids=["bad-uri", "bad-length", "transfer-encoding", "bad-header-line", "huge-headers"],
+)
+def test_requests_the_http_server_refuses_are_answered_in_json(
+    srv: ServerProcess,
+    request_bytes: bytes,
+    status: int,
+    code: str,
+    message: str,
+    headers_read: bool,
+) -> None:
+    # The refused request gets the client's request ID when its headers were read (else
+    # a fresh one), the security headers, an access-log line and a closed connection, and
+    # none of its bytes are echoed.
+    sent_id = f"refused.{secrets.token_hex(8)}"
+    request_bytes += f"X-Request-ID: {sent_id}\r\nOrigin: https://ui.example.com\r\n\r\n".encode()
+    got, headers, body = exchange(srv.port, request_bytes)
+    error = json.loads(body)["error"]
+    assert (got, error["code"]) == (status, code)
+    assert message in error["message"]
+    assert b"s3cret" not in body
+    rid = headers["x-request-id"]
+    assert error["request_id"] == rid and REQUEST_ID_RE.fullmatch(rid)
+    assert (rid == sent_id) is headers_read
+    assert headers["content-type"] == "application/json"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["connection"] == "close"
+    deadline = time.monotonic() + 10
+    while not (lines := [r for r in srv.log_records() if r.get("request_id") == rid]):
+        assert time.monotonic() < deadline, "no access-log line"
+        time.sleep(0.05)
+    assert (lines[0]["status"], lines[0]["error_code"]) == (status, code)
+    assert srv.request("GET", "/health").status_code == 200  # the server carries on
 
 
 # -- 401 and 403 ------------------------------------------------------------------------

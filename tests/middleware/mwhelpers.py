@@ -129,9 +129,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, *, threads: int = 8) -> Iterator[tuple[str, int]]:
-    """Run ``app`` under waitress on 127.0.0.1 in a thread; yields (host, port)."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=threads, ident="test")
+def serve(
+    app: Any, *, threads: int = 8, channel_class: Any = None, **options: Any
+) -> Iterator[tuple[str, int]]:
+    """Run ``app`` under waitress on 127.0.0.1 in a thread; yields (host, port).
+    ``options`` go to waitress; ``channel_class`` replaces its HTTP channel class."""
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads, ident="test", **options)
+    if channel_class is not None:
+        server.channel_class = channel_class
     thread = threading.Thread(target=_run_server, args=(server,), daemon=True)
     thread.start()
     try:
