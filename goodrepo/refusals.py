@@ -87,3 +87,12 @@ class RefusalChannel(HTTPChannel):
     """waitress's HTTP channel with :class:`RefusalTask` for refused requests."""
 
     error_task_class = RefusalTask
+
+    def send_continue(self) -> None:
+        # waitress would send "100 Continue" for a request it has already refused (a body
+        # over the limit, a bad Content-Length), then wait for that body and never answer.
+        request = self.request
+        if request is not None and request.error is not None:
+            request.expect_continue = False
+            return
+        super().send_continue()

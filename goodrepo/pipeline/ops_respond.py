@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from werkzeug.http import parse_etags, quote_etag
 from werkzeug.wrappers import Request, Response
@@ -37,7 +37,10 @@ def next_link(request: Request, cursor: str) -> str:
     """The ``Link`` header value pointing at the next page of a listing."""
     query = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
     query.append(("cursor", cursor))
-    url = request.script_root + request.path + "?" + urlencode(query)
+    # The path as sent may have held escaped characters (a space trimmed off later): the
+    # link is a URI again, so escape the decoded path.
+    path = quote(request.script_root + request.path, safe="/:@!$&'()*+,;=")
+    url = path + "?" + urlencode(query)
     return f'<{url}>; rel="next"'
 
 

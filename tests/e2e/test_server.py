@@ -363,8 +363,26 @@ def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
             "request line and headers are over",
             False,
         ),
+        # Refused at once, not invited with "100 Continue" to send a body never read.
+        (
+            b"PUT /v1/a/b/1/any/blob HTTP/1.1\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 20000000000000\r\n",
+            413,
+            "PAYLOAD_TOO_LARGE",
+            "the request body is over",
+            True,
+        ),
+        (
+            b"PUT /v1/a/b/1/any/blob HTTP/1.1\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 12abc\r\n",
+            400,
+            "INVALID_REQUEST",
+            "Content-Length is invalid",
+            True,
+        ),
     ],
-    ids=["bad-uri", "bad-length", "transfer-encoding", "bad-header-line", "huge-headers"],
+    ids=["bad-uri", "bad-length", "transfer-encoding", "bad-header-line", "huge-headers"]
+    + ["too-large-expecting-continue", "bad-length-expecting-continue"],
 )
 def test_requests_the_http_server_refuses_are_answered_in_json(
     srv: ServerProcess,

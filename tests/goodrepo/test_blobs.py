@@ -549,6 +549,9 @@ def test_head_has_headers_and_no_body(client: webtest.TestApp, served: TrackingS
     assert res.status_int == 200 and res.body == b""
     assert res.headers["Content-Length"] == str(len(BODY))
     assert res.headers["ETag"] == ETAG
+    # Content-Digest would describe the (empty) content; Repr-Digest names the blob.
+    assert "Content-Digest" not in res.headers
+    assert res.headers["Repr-Digest"] == digest_headers(BODY_HEX)["Repr-Digest"]
     assert served.opened == []  # HEAD never opens the file
 
 

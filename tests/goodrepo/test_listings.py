@@ -136,6 +136,16 @@ def test_packages_paginate_with_q(client: webtest.TestApp) -> None:
     assert len(all_items) == 14
 
 
+def test_the_next_link_is_a_uri_when_the_path_held_escapes(client: webtest.TestApp) -> None:
+    for version in ("1.0.0", "2.0.0"):
+        publish(client, f"acme/spaced/{version}/linux", b"x")
+    # "spaced%20" is trimmed to "spaced"; the link keeps the path as sent, escaped again.
+    link = client.get("/v1/acme/spaced%20/versions?limit=1").headers["Link"]
+    assert link.startswith("</v1/acme/spaced%20/versions?limit=1&cursor="), link
+    url = re.fullmatch(r'<([^>]+)>; rel="next"', link)[1]  # type: ignore[index]
+    assert client.get(url).json["versions"][0]["version"] == "1.0.0"
+
+
 def test_cursor_stays_valid_across_writes(client: webtest.TestApp) -> None:
     for ns in ["a1", "a3", "a5"]:
         publish(client, f"{ns}/app/1.0.0/linux", b"x")
