@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Conflict, GoodrepoError, NotFound, PreconditionFailed, ValidationError
 from .pipeline.runtime import DOCUMENTS
+from .schema.meta import MAX_AGE_DAYS
 from .storage.kv import loads
 
 if TYPE_CHECKING:
@@ -83,12 +84,12 @@ class GarbageCollector:
         if dry_run:  # as if retention had deleted its artifacts
             marked.subtract(digest for _, digest in removed)
         blobs = freed = in_grace = 0
-        roots: set[Path] = set()
+        layouts: set[tuple[Path, str]] = set()
         for store in runtime.blob_stores.values():
-            root = store.root.resolve()
-            if root in roots:
-                continue  # two stores on one root hold the same files
-            roots.add(root)
+            layout = (store.root.resolve(), store.path_template)
+            if layout in layouts:
+                continue  # two stores with one root and one layout hold the same files
+            layouts.add(layout)
             for digest in store.iter_digests():
                 if marked[digest] > 0:
                     continue
@@ -131,7 +132,8 @@ class GarbageCollector:
         keep_tagged = rules.get("keep_tagged", True)
         tagged = _tag_targets(runtime) if keep_tagged else set()
         min_age = rules.get("min_age_days", 0)
-        cutoff = datetime.now(timezone.utc) - timedelta(days=min_age)
+        # Bounded by the checks, but a schema stored before they were may hold more.
+        cutoff = datetime.now(timezone.utc) - timedelta(days=min(min_age, MAX_AGE_DAYS))
         oldest = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         principal: dict[str, Any] = {"sub": by, "scopes": ["admin"], "token_id": None}
         removed: list[tuple[str, str]] = []
@@ -161,8 +163,13 @@ class GarbageCollector:
                                 headers={"If-Match": current.headers.get("ETag", "")},
                                 principal=principal,
                             )
-                    except (NotFound, PreconditionFailed, Conflict):
-                        continue  # deleted, replaced or tagged meanwhile
+                    except NotFound as err:
+                        if index.has_row(row):  # not deleted: unreadable under this schema
+                            errors += 1
+                            log.warning("retention could not remove %s: %s", key, err.message)
+                        continue  # else deleted meanwhile
+                    except (PreconditionFailed, Conflict):
+                        continue  # replaced or tagged meanwhile
                     except GoodrepoError as err:
                         errors += 1
                         log.warning("retention could not remove %s: %s", key, err.message)

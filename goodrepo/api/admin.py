@@ -257,7 +257,9 @@ class AdminEndpoints:
     # -- garbage collection ------------------------------------------------------------
 
     def gc(self, req: ApiRequest) -> dict[str, Any]:
-        return self.repo.gc(dry_run=req.bool_arg("dry_run", False), by=req.sub)
+        return self.repo.gc(
+            dry_run=req.bool_arg("dry_run", False, empty_is_default=False), by=req.sub
+        )
 
     # -- RocksDB and events ------------------------------------------------------------
 

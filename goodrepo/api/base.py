@@ -65,9 +65,11 @@ class ApiRequest:
             raise InvalidRequest("the request body must be a JSON object")
         return value
 
-    def bool_arg(self, name: str, default: bool) -> bool:
+    def bool_arg(self, name: str, default: bool, *, empty_is_default: bool = True) -> bool:
+        """``name`` from the query; an empty value is ``default`` unless refused (a
+        switch that destroys should never be set by an unset shell variable)."""
         raw = self.request.args.get(name)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and empty_is_default):
             return default
         value = flag(raw)
         if value is None:

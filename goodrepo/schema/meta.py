@@ -13,6 +13,7 @@ from ..entities import NORMALIZERS
 _NAME = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_.-]{0,63}$"}
 _COUNT = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
 _POSITIVE = {"type": "integer", "minimum": 1}
+MAX_AGE_DAYS = 36525  # gc.retention.min_age_days: a hundred years
 
 
 def _obj(
@@ -198,7 +199,7 @@ META_SCHEMA: dict[str, Any] = _obj(
                             "minimum": 1,
                             "maximum": 2**53 - 1,
                         },
-                        "min_age_days": {"type": "integer", "minimum": 0, "maximum": 36525},
+                        "min_age_days": {"type": "integer", "minimum": 0, "maximum": MAX_AGE_DAYS},
                     }
                 ),
             }

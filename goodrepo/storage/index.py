@@ -143,6 +143,10 @@ class VersionIndex:
         """Whether the index holds any row."""
         return next(self.kv.scan(self._base, limit=1), None) is not None
 
+    def has_row(self, row: dict[str, Any]) -> bool:
+        """Whether a row with ``row``'s coordinates is stored."""
+        return self.kv.get(self._row_keys(row)[0]) is not None
+
     def put(self, txn: Transaction, row: dict[str, Any]) -> bool:
         """Insert or replace ``row``; returns True when it is new."""
         primary, others = self._row_keys(row)

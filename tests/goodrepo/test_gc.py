@@ -13,9 +13,10 @@ import pytest
 import webtest
 
 from goodrepo import gc as gc_mod
+from goodrepo import schema as schema_mod
 from goodrepo.errors import Conflict
 from goodrepo.pipeline.runtime import DOCUMENTS
-from goodrepo.repository import Repository
+from goodrepo.repository import SCHEMA_KEY, Repository
 
 from .test_stack import bearer, login, make
 
@@ -215,6 +216,60 @@ def test_an_artifact_retention_cannot_delete_is_counted_and_the_run_goes_on(
     assert report["blobs_freed"] == 1  # the sweep still ran
 
 
+def test_an_artifact_a_changed_normaliser_hides_is_a_retention_error(repo: Repository) -> None:
+    # "my.app" now reads as "my-app": not found, though its row is there. Not "deleted
+    # meanwhile": counted and logged.
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        repo.publish("acme", "my.app", version, "linux", version.encode())
+    schema = copy.deepcopy(repo.schema)
+    schema["entities"]["artifact"]["fields"]["name"]["normalize"].append("dot_to_dash")
+    schema["gc"] = {"grace_period_seconds": 0, "retention": {"keep_last_versions": 1}}
+    repo.replace_schema(schema)
+    report = repo.gc()
+    assert (report["versions_removed_count"], report["retention_errors"]) == (0, 2)
+
+
+def test_a_stored_min_age_beyond_the_bound_still_collects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stored before min_age_days had a bound: it opens with a warning, and GC still runs.
+    with Repository.open(tmp_path / "data") as repo:
+        _versions(repo)
+        orphan = b"nothing names me"
+        repo.publish("acme", "gone", "1.0.0", "linux", orphan)
+        delete(repo, "acme/gone/1.0.0/linux")
+        age(blob_path(repo, orphan), 2 * HOUR)
+        old = copy.deepcopy(repo.schema)
+        old["gc"] = {"grace_period_seconds": 0, "retention": {"keep_last_versions": 1}}
+        old["gc"]["retention"]["min_age_days"] = 1_000_000
+        repo.kv.put_json(SCHEMA_KEY, old)
+    with caplog.at_level("WARNING"), Repository.open(tmp_path / "data") as repo:
+        assert "min_age_days" in caplog.text
+        report = repo.gc()
+        assert (report["versions_removed_count"], report["blobs_freed"]) == (0, 1)
+
+
+def test_a_second_store_on_the_same_root_with_another_layout_is_swept(
+    tmp_path: Path,
+) -> None:
+    schema = schema_mod.default_schema()
+    stores = schema["storage"]["blob_stores"]
+    stores["flat"] = {**stores["primary"], "path_template": "flat/{digest}"}
+    for route in schema["routes"]:
+        for step in route["pipeline"]:
+            if step.get("store") == "primary":
+                step["store"] = "flat"
+    schema["gc"] = {"grace_period_seconds": 60}
+    with Repository.open(tmp_path / "data", schema=schema) as repo:
+        repo.publish("acme", "app", "1.0.0", "linux", b"orphan")
+        delete(repo, "acme/app/1.0.0/linux")
+        path = repo.runtime.blob_stores["flat"].path_for(sha(b"orphan"))
+        age(path, 2 * HOUR)
+        assert repo.gc(dry_run=True)["blobs_freed"] == 1
+        assert repo.gc()["blobs_freed"] == 1
+        assert not path.exists()
+
+
 def test_one_run_at_a_time(repo: Repository) -> None:
     running = repo._gc._running
     running.acquire()
@@ -244,8 +299,10 @@ def test_post_admin_gc(tmp_path: Path) -> None:
             "grace_period_seconds": 3600,
         }
         assert web.post("/admin/gc", headers=admin).json["dry_run"] is False
-        err = web.post("/admin/gc?dry_run=maybe", headers=admin, status=400).json["error"]
-        assert (err["code"], err["details"]["field"]) == ("VALIDATION_ERROR", "dry_run")
+        for bad in ("maybe", ""):  # an empty switch is refused, never a real run
+            url = f"/admin/gc?dry_run={bad}"
+            err = web.post(url, headers=admin, status=400).json["error"]
+            assert (err["code"], err["details"]["field"]) == ("VALIDATION_ERROR", "dry_run")
         web.post("/admin/gc", status=401)
         web.get("/admin/gc", headers=admin, status=405)
     finally:
