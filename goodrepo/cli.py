@@ -29,6 +29,7 @@ from .errors import ConfigurationError, GoodrepoError, InvalidConfig, StoreError
 log = logging.getLogger("goodrepo.cli")
 
 DRAIN_SECONDS = 30.0
+DEFAULT_TOKEN_SECONDS = 90 * 86400
 MAINTENANCE_SECONDS = 3600.0
 # The settings the options set, named as the user typed them in error messages.
 OPTIONS = {"data": "--data", "host": "--host", "port": "--port", "threads": "--threads"}
@@ -96,18 +97,23 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
 
     from .refusals import RefusalChannel
 
-    server = waitress.create_server(
-        app,
-        host=settings.host,
-        port=settings.port,
-        threads=settings.threads,
-        channel_timeout=settings.channel_timeout,
-        max_request_body_size=app.request_body_limit(),
-        ident="goodrepo",
-        # The rate-limit middleware reads X-Forwarded-For itself, from trusted proxies
-        # only; waitress would otherwise drop the header before it gets there.
-        clear_untrusted_proxy_headers=not settings.trusted_proxies,
-    )
+    try:
+        server = waitress.create_server(
+            app,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            channel_timeout=settings.channel_timeout,
+            max_request_body_size=app.request_body_limit(),
+            ident="goodrepo",
+            # The rate-limit middleware reads X-Forwarded-For itself, from trusted proxies
+            # only; waitress would otherwise drop the header before it gets there.
+            clear_untrusted_proxy_headers=not settings.trusted_proxies,
+        )
+    except OSError as err:  # taken since the check at start
+        raise SystemExit(
+            f"goodrepo: cannot listen on {settings.host}:{settings.port}: {err.strerror or err}"
+        ) from err
     listeners = _listeners(server)
     for listener in listeners:  # waitress's own refusals answered in JSON by the app
         listener.channel_class = RefusalChannel
@@ -182,16 +188,31 @@ def _check_address(host: str, port: int) -> None:
     """Fail early, before anything is created or printed, if the address is taken."""
     import socket
 
+    probes: list[socket.socket] = []
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, _, _, _, address = infos[0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Every address waitress will bind (localhost: ::1 and 127.0.0.1), all at once.
+        infos = socket.getaddrinfo(
+            host,
+            port,
+            socket.AF_UNSPEC,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,
+            socket.AI_PASSIVE,
+        )
+        for family, _, _, _, address in dict.fromkeys(infos):
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            probes.append(probe)
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             probe.bind(address)
     except OSError as err:
         raise SystemExit(
             f"goodrepo: cannot listen on {host}:{port}: {err.strerror or err}"
         ) from err
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO) -> int:
@@ -242,6 +263,13 @@ def _open(args: argparse.Namespace, *, create: bool = False) -> Any:
 
 
 def _read_password(args: argparse.Namespace) -> str:
+    try:
+        return _read_password_from_stdin(args)
+    except (OSError, ValueError, AttributeError):  # stdin closed, or not open for reading
+        raise SystemExit("goodrepo: no password given (standard input is closed)") from None
+
+
+def _read_password_from_stdin(args: argparse.Namespace) -> str:
     if sys.stdin.isatty():
         if args.password_stdin:  # one line, as from a pipe, but not shown on the screen
             return _ask("password: ")
@@ -251,10 +279,14 @@ def _read_password(args: argparse.Namespace) -> str:
         return first
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:  # a text stream stands in for stdin
-        return str(sys.stdin.readline()).rstrip("\r\n")
-    # Bytes that are not UTF-8 come through as lone surrogates, which the password
-    # policy then refuses by name, rather than as a decoding traceback.
-    return str(stream.readline().decode("utf-8", "surrogateescape")).rstrip("\r\n")
+        line = str(sys.stdin.readline())
+    else:
+        # Bytes that are not UTF-8 come through as lone surrogates, which the password
+        # policy then refuses by name, rather than as a decoding traceback.
+        line = str(stream.readline().decode("utf-8", "surrogateescape"))
+    if not line:  # the input ended before a line: as Ctrl-D on a terminal
+        raise SystemExit("goodrepo: no password given")
+    return line.rstrip("\r\n")
 
 
 def _ask(prompt: str) -> str:
@@ -274,11 +306,23 @@ def _scopes(text: str) -> list[str]:
 
 
 def cmd_user(args: argparse.Namespace, out: TextIO) -> int:
+    password = ""
+    if args.action == "add":
+        # Everything that can refuse the user is checked before a new data directory is
+        # made, so that a mistyped --data is not left behind as an empty repository.
+        from .accounts import PasswordPolicy
+        from .accounts.users import normalize_username, validate_scopes
+
+        name = normalize_username(args.username)
+        validate_scopes(_scopes(args.scopes))
+        policy = PasswordPolicy(min_length=_settings(args).password_min_length)
+        password = _read_password(args)
+        policy.enforce(password, name)
     app = _open(args, create=args.action == "add")
     try:
         users = app.users
         if args.action == "add":
-            user = users.create(args.username, _read_password(args), _scopes(args.scopes))
+            user = users.create(args.username, password, _scopes(args.scopes))
         elif args.action == "list":
             cursor, rows = None, []
             while True:
@@ -312,7 +356,13 @@ def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
         tokens = app.tokens
         if args.action == "create":
             made = tokens.create_api_token(
-                args.owner, args.name, _scopes(args.scopes), args.expires_in
+                args.owner,
+                args.name,
+                _scopes(args.scopes),
+                # 90 days by default, or the longest that api_token_max_ttl allows.
+                min(DEFAULT_TOKEN_SECONDS, app.settings.api_token_max_ttl)
+                if args.expires_in is None
+                else args.expires_in,
             )
             print(json.dumps(made), file=out)
             print("the token is shown only now: store it", file=sys.stderr)
@@ -404,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser(
         "user",
-        help="manage users",
+        help="manage users: add, list, passwd, disable, scopes",
         description="Manage the users of a data directory. Passwords are read from "
         "standard input (one line) or asked for on a terminal; they must pass the "
         "password policy.",
@@ -446,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser(
         "token",
-        help="manage API tokens for CI",
+        help="manage API tokens for CI: create, list, revoke",
         description="API tokens are JWTs with chosen scopes and expiry, revocable at once.",
     )
     tsub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -457,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--scopes", default="read", help="comma-separated subset of the owner's scopes"
     )
     create.add_argument(
-        "--expires-in", type=int, default=90 * 86400, help="seconds (default 90 days)"
+        "--expires-in",
+        type=int,
+        help="seconds (default 90 days, or api_token_max_ttl if that is shorter)",
     )
     leaf(tsub, "list", "List unexpired API tokens (ids, names, scopes; never the tokens)")
     revoke = leaf(tsub, "revoke", "Revoke an API token by id, with immediate effect")

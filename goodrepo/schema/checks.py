@@ -84,7 +84,9 @@ def _check_storage(schema: dict[str, Any], problems: Problems) -> None:
     for name, store in storage["blob_stores"].items():
         path = f"$.storage.blob_stores.{name}"
         root = PurePosixPath(store["root"])
-        if not root.is_absolute() and ".." in root.parts:
+        if "\x00" in store["root"]:
+            problems.add(f"{path}.root", "a path cannot hold a NUL character")
+        elif not root.is_absolute() and ".." in root.parts:
             problems.add(f"{path}.root", "a relative root must stay inside the data directory")
         try:
             BlobStore.parse_template(store["path_template"])

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,48 @@ def test_a_password_breaking_the_policy_is_refused(tmp_path: Path) -> None:
     named = goodrepo("user", "add", "carol", data=data, stdin="carol-is-a-long-name\n")
     assert named.returncode != 0
     assert "PASSWORD_POLICY" in named.stderr and "username" in named.stderr
+    assert not data.exists()  # refused before a data directory was made
+    ok(goodrepo("user", "add", "erin", data=data, stdin=ALICE_PASSWORD + "\n"))
+    again = goodrepo("user", "add", "carol", data=data, stdin="password\n")
+    assert again.returncode != 0 and "PASSWORD_POLICY" in again.stderr
     assert "carol" not in ok(goodrepo("user", "list", data=data))
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "message"),
+    [
+        (["Bad Name"], ALICE_PASSWORD + "\n", "VALIDATION_ERROR"),
+        (["frank", "--scopes", "read,wizard"], ALICE_PASSWORD + "\n", "VALIDATION_ERROR"),
+        (["frank"], "", "goodrepo: no password given"),
+        (["frank"], None, "goodrepo: no password given (standard input is closed)"),
+    ],
+    ids=["bad-name", "unknown-scope", "empty-input", "closed-input"],
+)
+def test_a_refused_user_add_leaves_no_data_directory(
+    tmp_path: Path, argv: list[str], stdin: str | None, message: str
+) -> None:
+    # A mistyped --data must not turn into an empty repository that later commands use.
+    data = tmp_path / "nested" / "data"
+    env = server_env(data)
+    env.pop("GOODREPO_DATA")
+    command = [sys.executable, "-m", "goodrepo.cli", "user", "add", *argv, "--data", str(data)]
+    if stdin is None:  # run with standard input closed
+        command = ["sh", "-c", 'exec "$@" <&-', "sh", *command]
+    done = subprocess.run(
+        command,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=stdin is not None,
+        stdout=subprocess.PIPE if stdin is None else None,
+        stderr=subprocess.PIPE if stdin is None else None,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "nested").exists()
 
 
 def test_password_policy_reasons_are_printed_once(tmp_path: Path) -> None:
@@ -332,7 +374,7 @@ def test_ctrl_c_or_ctrl_d_at_the_password_prompt_ends_in_one_line(
     exit_code, screen = term.finish()
     assert exit_code == code, screen
     assert screen.split("new password: ", 1)[1].strip() == message, screen
-    assert "erin" not in ok(goodrepo("user", "list", data=tmp_path / "data"))
+    assert not (tmp_path / "data").exists()  # asked before a data directory is made
 
 
 def test_passwd_of_an_unknown_user_asks_for_no_password(tmp_path: Path) -> None:
@@ -359,6 +401,16 @@ def test_user_list_while_a_server_holds_the_directory(server: Any) -> None:
 def test_check_schema_accepts_the_default_schema() -> None:
     done = goodrepo("check-schema", str(default_schema()))
     assert ok(done).strip().endswith(": valid")
+
+
+def test_check_schema_refuses_what_serve_would_refuse(tmp_path: Path) -> None:
+    schema = json.loads(default_schema().read_text())
+    schema["storage"]["blob_stores"]["primary"]["root"] = "blobs\x00x"
+    path = tmp_path / "nul.json"
+    path.write_text(json.dumps(schema))
+    done = goodrepo("check-schema", str(path))
+    assert done.returncode == 1
+    assert "$.storage.blob_stores.primary.root: a path cannot hold a NUL" in done.stdout
 
 
 def test_check_schema_lists_problems_with_json_paths(tmp_path: Path) -> None:
@@ -454,6 +506,31 @@ PURPOSES = {
     ("token", "list"): "list unexpired api tokens",
     ("token", "revoke"): "revoke an api token",
 }
+
+
+def test_top_level_help_lists_each_group_s_commands() -> None:
+    text = " ".join(ok(goodrepo("--help")).split())
+    assert "manage users: add, list, passwd, disable, scopes" in text
+    assert "manage API tokens for CI: create, list, revoke" in text
+
+
+def lifetime(made: dict[str, Any]) -> float:
+    """Seconds from now to a created token's ``expires_at``."""
+    expires = datetime.strptime(made["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
+    return expires.replace(tzinfo=timezone.utc).timestamp() - time.time()
+
+
+def test_token_create_defaults_to_the_longest_lifetime_allowed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ok(goodrepo("user", "add", "ci", "--scopes", "read", data=data, stdin=ALICE_PASSWORD + "\n"))
+    made = json.loads(ok(goodrepo("token", "create", "--owner", "ci", "--name", "n", data=data)))
+    assert abs(lifetime(made) - 90 * 86400) < 600
+    short = {"GOODREPO_API_TOKEN_MAX_TTL": "86400"}
+    argv = ("token", "create", "--owner", "ci", "--name", "short")
+    made = json.loads(ok(goodrepo(*argv, data=data, env=short)))
+    assert abs(lifetime(made) - 86400) < 600
+    zero = goodrepo(*argv, "--expires-in", "0", data=data, env=short)
+    assert zero.returncode == 1 and "expires_in must be from 60 to 86400" in zero.stderr
 
 
 def test_group_help_lists_what_each_command_does() -> None:
@@ -640,6 +717,35 @@ def test_main_serve_interrupted_before_serving_exits_130(
     assert err.endswith("\ngoodrepo: interrupted\n") and "Traceback" not in err
     fake = FakeServe()  # the directory was closed on the way out
     assert main(["serve", "--data", str(data)], serve=fake, out=io.StringIO()) == 0
+
+
+def test_serve_checks_every_address_of_its_host_before_creating_anything(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The name resolves to two loopback addresses (only the resolver is replaced); the
+    # second one is taken: one line, exit 1, no data directory, no admin password.
+    resolve = socket.getaddrinfo
+
+    def two_addresses(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "two.test":
+            return resolve("127.0.0.1", port, *args, **kwargs) + resolve(
+                "127.0.0.2", port, *args, **kwargs
+            )
+        return resolve(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = tmp_path / "data"
+        out = io.StringIO()
+        with pytest.raises(SystemExit) as exc:
+            main(
+                ["serve", "--data", str(data), "--host", "two.test", "--port", str(port)], out=out
+            )
+    assert str(exc.value.code).startswith(f"goodrepo: cannot listen on two.test:{port}: ")
+    assert not data.exists() and out.getvalue() == ""
 
 
 def test_serve_on_a_host_with_two_addresses_listens_on_both(

@@ -350,6 +350,10 @@ def test_metadata_latest_tag_open_blob(repo: Repository) -> None:
             ),
             id="escaping-path-template",
         ),
+        pytest.param(
+            lambda s: s["storage"]["blob_stores"]["primary"].__setitem__("root", "blobs\x00x"),
+            id="nul-in-root",
+        ),
         pytest.param(lambda s: s["routes"].append(dict(s["routes"][0])), id="duplicate-route"),
         pytest.param(
             lambda s: s["caching"].__setitem__("max_bytes", 1000), id="cache-entry-over-total"
