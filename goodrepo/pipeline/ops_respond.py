@@ -149,9 +149,12 @@ def _error(args: dict[str, Any], rt: Runtime) -> Runner:
     return run
 
 
-@op("http.check_preconditions", etag_of=Arg("value", required=True))
+@op("http.check_preconditions", etag_of=Arg("value", required=True), etag=Arg("text"))
 def _preconditions(args: dict[str, Any], rt: Runtime) -> Runner:
     etag_of = compile_value(args["etag_of"])
+    # The entity tag of the target when it is not the document's own (a blob's), rendered
+    # only when the document exists.
+    etag = compile_string(args["etag"]) if args.get("etag") is not None else None
 
     def run(ctx: RequestContext) -> None:
         environ = ctx.environ
@@ -159,7 +162,11 @@ def _preconditions(args: dict[str, Any], rt: Runtime) -> Runner:
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
         if if_match is None and if_none_match is None:
             return
-        current = etag_for(etag_of.render(ctx))
+        document = etag_of.render(ctx)
+        if etag is None or document is None:
+            current = etag_for(document)
+        else:
+            current = str(etag.render(ctx))
         if if_match is not None:
             tags = parse_etags(if_match)
             if current is None or not (tags.star_tag or tags.contains(current)):

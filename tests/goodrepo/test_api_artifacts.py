@@ -86,6 +86,27 @@ def test_overwrite_when_the_feature_allows_it(repo: Repository, client: webtest.
     assert client.get("/v1/acme/app/versions").json["versions"][0]["blob_size"] == 3
 
 
+def test_publish_honours_if_match_and_if_none_match(
+    repo: Repository, client: webtest.TestApp
+) -> None:
+    # The entity tag is the blob's, as GET .../blob answers it.
+    publish(client, COORDS, b"one", status=412, **{"If-Match": "*"})  # nothing there yet
+    publish(client, COORDS, b"one", **{"If-None-Match": "*"})
+    etag = client.get(f"/v1/{COORDS}/blob").headers["ETag"]
+    assert etag == f'"sha256:{sha(b"one")}"'
+    publish(client, COORDS, b"two", status=412, **{"If-None-Match": "*"})  # before the 409
+    repo.set_features({"allow_overwrite_artifacts": True})
+    for stale in ('"sha256:00"', f"W/{etag}"):  # If-Match compares strongly
+        err = publish(client, COORDS, b"two", status=412, **{"If-Match": stale}).json["error"]
+        assert err["code"] == "PRECONDITION_FAILED"
+    publish(client, COORDS, b"two", status=412, **{"If-None-Match": etag})
+    assert client.get(f"/v1/{COORDS}/blob").body == b"one"  # nothing overwritten
+    published = [e for e in repo.events.read(0, 100)[0] if e["type"] == "artifact.published"]
+    assert len(published) == 1
+    publish(client, COORDS, b"two", **{"If-Match": etag})  # the one the client saw
+    assert client.get(f"/v1/{COORDS}/blob").body == b"two"
+
+
 @pytest.mark.parametrize(
     "header",
     [
