@@ -29,7 +29,6 @@ from .errors import ConfigurationError, GoodrepoError, InvalidConfig, StoreError
 log = logging.getLogger("goodrepo.cli")
 
 DRAIN_SECONDS = 30.0
-DEFAULT_TOKEN_SECONDS = 90 * 86400
 MAINTENANCE_SECONDS = 3600.0
 # The settings the options set, named as the user typed them in error messages.
 OPTIONS = {"data": "--data", "host": "--host", "port": "--port", "threads": "--threads"}
@@ -359,10 +358,7 @@ def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
                 args.owner,
                 args.name,
                 _scopes(args.scopes),
-                # 90 days by default, or the longest that api_token_max_ttl allows.
-                min(DEFAULT_TOKEN_SECONDS, app.settings.api_token_max_ttl)
-                if args.expires_in is None
-                else args.expires_in,
+                args.expires_in,  # None: the library's default
             )
             print(json.dumps(made), file=out)
             print("the token is shown only now: store it", file=sys.stderr)

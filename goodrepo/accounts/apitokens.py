@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 API = "api"
 DAY = 86400
+DEFAULT_API_TOKEN_SECONDS = 90 * DAY  # or api_token_max_ttl when that is shorter
 _TOKEN_ID_RE = re.compile(r"[0-9a-f]{26}")
 _NAME_RE = re.compile(r"[\x20-\x7e]{1,100}")
 
@@ -56,7 +57,7 @@ class ApiTokens:
         owner: str,
         name: str,
         scopes: Iterable[str],
-        expires_in: int = 90 * DAY,
+        expires_in: int | None = None,
         *,
         owner_scopes: Iterable[str] | None = None,
     ) -> dict[str, Any]:
@@ -65,7 +66,8 @@ class ApiTokens:
         ``owner_scopes`` are the scopes of the caller creating it (the scopes of the
         token it authenticated with); by default the owner's stored scopes. Raises
         :class:`ValidationError` (name, scopes, ``expires_in`` from 60 s to
-        ``api_token_max_ttl``), :class:`Forbidden` (scopes not held by the owner;
+        ``api_token_max_ttl``; by default 90 days, or ``api_token_max_ttl`` when that is
+        shorter), :class:`Forbidden` (scopes not held by the owner;
         ``admin`` implies all), :class:`NotFound` (no such owner).
         """
         owner = normalize_username(owner)
@@ -78,6 +80,8 @@ class ApiTokens:
             raise ValidationError(
                 "name must be 1-100 printable ASCII characters", details={"field": "name"}
             )
+        if expires_in is None:
+            expires_in = min(DEFAULT_API_TOKEN_SECONDS, self.api_token_max_ttl)
         if isinstance(expires_in, bool) or not isinstance(expires_in, int):
             raise ValidationError(
                 "expires_in must be whole seconds", details={"field": "expires_in"}

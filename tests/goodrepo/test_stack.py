@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +343,27 @@ def test_api_tokens(web: webtest.TestApp) -> None:
     assert [t["id"] for t in listed] == [made["id"]] and "token" not in listed[0]
     web.delete(f"/admin/tokens/{made['id']}", headers=admin, status=204)
     web.get("/v1/acme/app/latest", headers=ci, status=401)
+
+
+def _lifetime(made: dict[str, Any]) -> float:
+    expires = datetime.fromisoformat(made["expires_at"].replace("Z", "+00:00"))
+    return expires.timestamp() - time.time()
+
+
+@pytest.mark.parametrize(("max_ttl", "expected"), [(None, 90 * 86400), (86400, 86400)])
+def test_api_token_lifetime_defaults_within_the_maximum(
+    tmp_path: Path, max_ttl: int | None, expected: int
+) -> None:
+    app = make(tmp_path, **({} if max_ttl is None else {"api_token_max_ttl": max_ttl}))
+    try:
+        web = webtest.TestApp(app)
+        admin = bearer(login(web)["token"])
+        made = web.post_json(
+            "/admin/tokens", {"name": "ci", "scopes": ["read"]}, headers=admin, status=201
+        ).json
+        assert abs(_lifetime(made) - expected) < 600
+    finally:
+        app.close()
 
 
 def test_config_and_features(web: webtest.TestApp, stack: GoodrepoApp) -> None:
