@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-import limits
+from middleware.cors import canonical_origin
+from middleware.ratelimit import parse_limits
 
 from .errors import ConfigurationError
 
@@ -150,31 +151,24 @@ def _origin(text: str) -> str:
             f'{text!r}: an origin has no wildcards; list each one (or "*" for any origin)'
         )
     try:
-        parts = _split_url(text)
+        origin = canonical_origin(text)
     except ValueError:
-        parts = None
-    if (
-        parts is None
-        or parts.scheme.lower() not in ("http", "https")
-        or not parts.hostname
-        or not re.fullmatch(r"[\x21-\x7e]+", parts.netloc)  # no spaces, ASCII only
-        or parts.username is not None
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
+        origin = None
+    if origin is None or origin.split(":", 1)[0] not in ("http", "https"):
         raise ValueError(f"{text!r} is not an origin such as https://app.example.com[:port]")
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+    return origin
 
 
 def _rate(value: Any) -> str:
     try:
-        items = limits.parse_many(value) if isinstance(value, str) else []
-    except ValueError:
-        items = []
-    if len(items) != 1 or items[0].amount < 1:
-        raise ValueError(f"must be one rate limit such as '5/minute', got {_shown(value)}")
-    return str(value).strip()
+        items = parse_limits(value)
+    except ValueError as err:
+        reason = f" ({err})"
+    else:
+        if len(items) == 1:
+            return str(value).strip()
+        reason = ""
+    raise ValueError(f"must be one rate limit such as '5/minute', got {_shown(value)}{reason}")
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:

@@ -97,7 +97,9 @@ class GoodrepoApp:
         self.settings = settings
         self.repo = repo
         self.registry = registry
-        self.keyring = KeyRing(repo.kv, token_lifetime=settings.access_token_ttl + 60)
+        # Retired keys verify for as long as a token they signed may still be accepted.
+        lifetime = settings.access_token_ttl + settings.jwt_leeway + 60
+        self.keyring = KeyRing(repo.kv, token_lifetime=lifetime)
         self.users = Users(
             repo.kv,
             PasswordPolicy(min_length=settings.password_min_length),
@@ -132,14 +134,24 @@ class GoodrepoApp:
             allow_anonymous_read=settings.allow_anon_read,
             is_revoked=self._is_revoked,
         )
-        app = self._ratelimit = RateLimitMiddleware(
-            app,
-            rules=[
-                Rule(settings.login_rate_limit, methods=["POST"], path="/auth/login", name="login")
-            ],
-            storage=settings.ratelimit_storage,
-            trusted_proxies=settings.trusted_proxies,
-        )
+        try:
+            app = self._ratelimit = RateLimitMiddleware(
+                app,
+                rules=[
+                    Rule(
+                        settings.login_rate_limit,
+                        methods=["POST"],
+                        path="/auth/login",
+                        name="login",
+                    )
+                ],
+                storage=settings.ratelimit_storage,
+                trusted_proxies=settings.trusted_proxies,
+            )
+        except ValueError as err:  # what the settings cannot check: the storage's options
+            where = settings._origin_of("ratelimit_storage")
+            problem = str(err).removeprefix("storage: ")
+            raise ConfigurationError(f"ratelimit_storage: {problem} (from {where})") from None
         app = HealthMiddleware(app, checks=self.readiness_checks())
         app = _ServerRefusals(app)
         app = CORSMiddleware(app, allow_origins=settings.cors_origins)

@@ -13,7 +13,9 @@ needs no ``Vary``.
 Options:
 
 ``allow_origins``
-    exact origins such as ``"https://ui.example.com"``, or ``"*"`` for any origin.
+    exact origins such as ``"https://ui.example.com"``, or ``"*"`` for any origin. Each is
+    compared as browsers send it (:func:`canonical_origin`): case does not matter, and a
+    default port (``:443`` for https, ``:80`` for http) is left out.
 ``allow_origin_regex``
     patterns that a whole origin must match, e.g. ``r"https://[a-z0-9-]+\\.example\\.com"``.
 ``allow_methods``
@@ -86,7 +88,13 @@ DEFAULT_EXPOSE_HEADERS = (
     "RateLimit-Reset",
 )
 
-_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+# An origin as browsers serialise it in the Origin header (RFC 6454): scheme, host (a
+# name, or an IPv6 literal in brackets) and a port only when it is not the default.
+_ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[a-z0-9._~-]+|\[[0-9a-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The headers this middleware sets on a response, replacing the app's own; all begin
 # with "access-control-", which is what a response is searched for first.
@@ -107,6 +115,24 @@ def _tokens(option: str, values: Iterable[str]) -> tuple[str, ...]:
         if not isinstance(value, str) or not _TOKEN.fullmatch(value):
             raise ValueError(f"{option}: {value!r} is not a valid HTTP token")
     return values
+
+
+def canonical_origin(text: str) -> str:
+    """``text`` as a browser would send it in ``Origin``: lower case, no trailing slash,
+    and without the scheme's default port (``https://A.example.com:443/`` is
+    ``https://a.example.com``). ``ValueError`` if it is not an origin."""
+    match = (
+        _ORIGIN.fullmatch(text.strip().lower().removesuffix("/"))
+        if isinstance(text, str)
+        else None
+    )
+    port = match and match["port"]
+    if match is None or (port is not None and not 0 < int(port) <= 65535):
+        raise ValueError(f"{text!r} is not an origin like 'https://host:port'")
+    scheme, host = match["scheme"], match["host"]
+    if port is None or int(port) == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
 
 
 class CORSMiddleware:
@@ -132,12 +158,11 @@ class CORSMiddleware:
         for origin in allow_origins:
             if origin == "*":
                 self._any_origin = True
-            elif isinstance(origin, str) and _ORIGIN.fullmatch(origin.lower().rstrip("/")):
-                origins.add(origin.lower().rstrip("/"))
             else:
-                raise ValueError(
-                    f"allow_origins: {origin!r} is not an origin like 'https://host:port'"
-                )
+                try:
+                    origins.add(canonical_origin(origin))
+                except ValueError as err:
+                    raise ValueError(f"allow_origins: {err}") from None
         self._origins = frozenset(origins)
         patterns = []
         for pattern in allow_origin_regex:

@@ -1,6 +1,7 @@
 """Limit request rates per client, principal or custom key, on the ``limits`` library.
 
-Each :class:`Rule` names a limit (``"5/minute"``, or several: ``"10/second;300/hour"``),
+Each :class:`Rule` names a limit (``"5/minute"``, or several: ``"10/second;300/hour"``;
+see :func:`parse_limits`),
 optionally the methods and the path it covers (exact, prefix or regex), and whose requests
 it counts together (the key). Every rule that matches a request is charged; when one is
 exhausted the answer is ``429 RATE_LIMITED`` with ``Retry-After``. Responses of limited
@@ -76,6 +77,32 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAX_FORWARDED_HOPS = 32
 _REDIS_DEFAULTS = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
 _STORAGE_ERROR_CHOICES = ("open", "closed")
+MAX_WINDOW_SECONDS = 366 * 86400
+# "5/0 minutes": ``limits`` reads a zero count of periods as one.
+_ZERO_PERIODS = re.compile(r"(?:/|\bper\b)\s*0+\s*[a-z]", re.IGNORECASE)
+
+
+def parse_limits(text: str) -> list[RateLimitItem]:
+    """The limits of a rule's ``limit`` string (``"10/second;300/hour"``).
+
+    ``ValueError`` when it names none, a limit of no requests, a window of zero periods,
+    or a window longer than a year (``MAX_WINDOW_SECONDS``): one that long would shut
+    clients out for good, and outlives any shared storage's keys.
+    """
+    try:
+        items = parse_many(text) if isinstance(text, str) else []
+    except ValueError as err:
+        raise ValueError(f"cannot parse it: {err}") from None
+    if not items:
+        raise ValueError("it names no limit")
+    if _ZERO_PERIODS.search(text):
+        raise ValueError("a window of zero periods")
+    for item in items:
+        if item.amount < 1:
+            raise ValueError("a limit of no requests refuses everything")
+        if item.get_expiry() > MAX_WINDOW_SECONDS:
+            raise ValueError("a window longer than a year")
+    return items
 
 
 @dataclass(frozen=True)
@@ -134,11 +161,9 @@ class _CompiledRule:
     def __init__(self, rule: Rule, index: int, key_prefix: str) -> None:
         where = f"rules[{index}]"
         try:
-            items = parse_many(rule.limit)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{where}.limit: cannot parse {rule.limit!r}: {err}") from err
-        if not items:
-            raise ValueError(f"{where}.limit: no limit in {rule.limit!r}")
+            items = parse_limits(rule.limit)
+        except ValueError as err:
+            raise ValueError(f"{where}.limit: {rule.limit!r}: {err}") from None
         if rule.name is not None and (not isinstance(rule.name, str) or _KEY_SLOT in rule.name):
             raise ValueError(f"{where}.name: expected a string without NUL characters")
         if isinstance(rule.methods, str):
@@ -320,7 +345,8 @@ class RateLimitMiddleware:
                     backend = _LeanMemoryStorage(storage, wrap_exceptions=True, **options)
                 else:
                     backend = storage_from_string(storage, wrap_exceptions=True, **options)
-            except ConfigurationError as err:
+            except (ConfigurationError, ValueError, TypeError) as err:
+                # Also a bad option in the URI's query (redis-py raises ValueError).
                 raise ValueError(f"storage: {err}") from err
         elif isinstance(storage, Storage):
             backend = storage

@@ -1,12 +1,15 @@
 """The key ring: HS256 signing secrets in the KV, rotated without breaking live tokens.
 
 Each key is ``a:key:<kid>`` ``{"kid", "secret" (base64, 256 bits or more), "created_at",
-"retired_at", "keep_until"}``; the head ``a:keyring`` names the current kid and carries a
-version counter bumped by every change. New tokens are signed with the current key.
-:meth:`KeyRing.rotate` makes a new current key and retires the old one, which keeps
-verifying until every token it signed has expired: ``token_lifetime`` (the longest
-access-token lifetime) after its retirement, or later when an API token signed with it
-lives longer (``keep_until``, raised by the token service). Then it is pruned.
+"retired_at", "keep_until", "lifetime"}``; the head ``a:keyring`` names the current kid
+and carries a version counter bumped by every change. New tokens are signed with the
+current key. :meth:`KeyRing.rotate` makes a new current key and retires the old one,
+which keeps verifying until every token it signed has expired: the longest access-token
+lifetime after its retirement, or later when an API token signed with it lives longer
+(``keep_until``, raised by the token service). Then it is pruned. That lifetime is the
+longest ``token_lifetime`` of any key ring that signed with the key (``lifetime``,
+recorded when it first signs), so lowering the access-token lifetime across a restart
+does not cut short the tokens signed before.
 
 The auth middleware asks for :meth:`KeyRing.verification_keys` on every request, so the
 ring is cached in memory and re-read only when the head's version changed, looked at no
@@ -49,12 +52,13 @@ class Key:
     created_at: float
     retired_at: float | None = None
     keep_until: float = 0.0
+    lifetime: float = 0.0
 
     def expires_at(self, token_lifetime: float) -> float | None:
         """When this key stops verifying (None while it is current)."""
         if self.retired_at is None:
             return None
-        return max(self.retired_at + token_lifetime, self.keep_until)
+        return max(self.retired_at + max(token_lifetime, self.lifetime), self.keep_until)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,12 @@ class KeyRing:
             snap = self._snapshot(force=True)
         if snap.current is None or snap.current not in snap.keys:
             raise StoreError("the key ring has no current key")
-        return snap.keys[snap.current]
+        key = snap.keys[snap.current]
+        if key.lifetime < self.token_lifetime and not self.kv.read_only:
+            # Tokens this ring signs may outlive what the key records: record it first.
+            self._write(self._record_lifetime)
+            return self.current()
+        return key
 
     def verification_keys(self) -> dict[str, bytes]:
         """``{kid: secret}`` of every key that may still verify a live token (cheap)."""
@@ -222,6 +231,7 @@ class KeyRing:
                 created_at=doc["created_at"],
                 retired_at=doc.get("retired_at"),
                 keep_until=doc.get("keep_until", 0.0),
+                lifetime=doc.get("lifetime", 0.0),
             )
         return keys
 
@@ -241,11 +251,19 @@ class KeyRing:
             head["current"] = self._new_key(txn, now)
             log.info("signing key created: kid %s", head["current"])
 
+    def _record_lifetime(self, txn: Transaction, head: dict[str, Any], now: float) -> None:
+        kid = head.get("current")
+        if kid is None:
+            return
+        doc = txn.get_json(_store.key_key(kid), lock=True)
+        if doc is not None and doc.get("lifetime", 0.0) < self.token_lifetime:
+            txn.put_json(_store.key_key(kid), dict(doc, lifetime=self.token_lifetime))
+
     def _new_key(self, txn: Transaction, now: float) -> str:
         kid = secrets.token_hex(8)
         secret = base64.b64encode(secrets.token_bytes(self.secret_bytes)).decode("ascii")
         doc = {"kid": kid, "secret": secret, "created_at": now, "retired_at": None}
-        txn.put_json(_store.key_key(kid), dict(doc, keep_until=0.0))
+        txn.put_json(_store.key_key(kid), dict(doc, keep_until=0.0, lifetime=self.token_lifetime))
         return kid
 
 

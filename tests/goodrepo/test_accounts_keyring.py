@@ -207,3 +207,19 @@ def test_another_instance_sees_a_rotation_after_the_refresh_interval(kv, clock):
     mono.now += 2.0
     assert set(reader.verification_keys()) == {first, second}
     assert reader.current().kid == second
+
+
+def test_a_shorter_lifetime_after_a_restart_keeps_tokens_signed_before(kv, clock):
+    """Tokens signed for a day keep verifying after a restart with 60 s tokens."""
+    before = KeyRing(kv, token_lifetime=86400.0, clock=clock)
+    old = before.current()  # signing with it records the day
+    after = KeyRing(kv, token_lifetime=60.0, clock=clock)
+    assert after.current() == old  # and a shorter lifetime does not lower it
+    after.rotate()
+    clock.now += 3600
+    after.prune()
+    assert old.kid in after.verification_keys()
+    clock.now += 86400
+    after.prune()
+    assert old.kid not in after.verification_keys()
+    assert old.kid not in stored_keys(kv)

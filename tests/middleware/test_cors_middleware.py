@@ -62,6 +62,20 @@ def test_exact_origins(recording_app: RecordingApp, origin: str, allowed: bool) 
 
 
 @pytest.mark.parametrize(
+    "configured",
+    ["https://ui.example.com:443", "HTTPS://UI.example.com:0443/", "https://ui.example.com"],
+)
+def test_configured_origins_compare_as_browsers_send_them(
+    recording_app: RecordingApp, configured: str
+) -> None:
+    """A browser leaves the default port out of Origin, so ``:443`` must not matter."""
+    app = cors(recording_app, allow_origins=[configured])
+    assert app.get("/x", headers={"Origin": UI}).headers["Access-Control-Allow-Origin"] == UI
+    preflight = {"Origin": UI, "Access-Control-Request-Method": "PUT"}
+    app.options("/x", headers=preflight, status=204)
+
+
+@pytest.mark.parametrize(
     ("origin", "allowed"),
     [
         pytest.param("https://pr-12.preview.example.com", True, id="match"),
@@ -190,6 +204,9 @@ CONFIG_ERRORS = [
     ),
     pytest.param({"allow_origins": ["ui.example.com"]}, "allow_origins", id="no-scheme"),
     pytest.param({"allow_origins": ["https://ui.example.com/app"]}, "allow_origins", id="path"),
+    pytest.param({"allow_origins": ["https://ui.example.com:"]}, "allow_origins", id="no-port"),
+    pytest.param({"allow_origins": ["https://ui%2eexample.com"]}, "allow_origins", id="escape"),
+    pytest.param({"allow_origins": ["https://ui.example.com:99999"]}, "allow_origins", id="port"),
     pytest.param({"allow_origins": UI}, "allow_origins", id="string-not-list"),
     pytest.param({"allow_origin_regex": ["("]}, "allow_origin_regex", id="bad-regex"),
     pytest.param({"allow_methods": ["GET POST"]}, "allow_methods", id="bad-method"),

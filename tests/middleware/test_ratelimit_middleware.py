@@ -346,6 +346,9 @@ def test_redis_strategies(redis_url: str, recording_app: RecordingApp, strategy:
 
 CONFIG_ERRORS = [
     pytest.param({"rules": [Rule("lots")]}, "rules\\[0\\].limit", id="bad-limit"),
+    pytest.param({"rules": [Rule("0/minute")]}, "no requests", id="zero-requests"),
+    pytest.param({"rules": [Rule("5/0 minutes")]}, "zero periods", id="zero-periods"),
+    pytest.param({"rules": [Rule("10/second;2/2 years")]}, "longer than a year", id="year+"),
     pytest.param(
         {"rules": [Rule("1/minute", path="/a", prefix="/b")]}, "rules\\[0\\]", id="two-matchers"
     ),
