@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaError
@@ -217,6 +218,24 @@ def _check_features(schema: dict[str, Any], problems: Problems) -> None:
     features = schema.get("features", {})
     if features.get("proxy_enabled") and not schema.get("upstreams"):
         problems.add("$.features.proxy_enabled", "proxy_enabled needs at least one upstream")
+
+
+def _check_upstreams(schema: dict[str, Any], problems: Problems) -> None:
+    # The schema is readable by everyone who may read (GET /schema): no secrets in it.
+    for name, upstream in schema.get("upstreams", {}).items():
+        try:
+            parts = urlsplit(upstream["url"])
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            parts, port_ok = None, False
+        if parts is None or not parts.hostname or not port_ok:
+            problems.add(f"$.upstreams.{name}.url", "not an http(s) URL with a host")
+        elif "@" in parts.netloc:
+            problems.add(
+                f"$.upstreams.{name}.url",
+                "holds credentials, which anyone who can read the schema would see: name "
+                "an environment variable holding a token in token_env instead",
+            )
 
 
 def _ref_exists(schema: dict[str, Any], ref: str, name: str) -> bool:
@@ -701,6 +720,7 @@ _CHECKS = (
     _check_validation,
     _check_ops_allowed,
     _check_features,
+    _check_upstreams,
     _check_routes,
     _check_invariants,
 )

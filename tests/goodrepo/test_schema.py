@@ -174,6 +174,30 @@ BROKEN = [
         id="unbounded-retries",
     ),
     pytest.param(
+        _set(
+            "upstreams",
+            {
+                "central": {
+                    "url": "https://ci:s3cret@up.example",
+                    "timeout_seconds": 5,
+                    "retries": 1,
+                }
+            },
+        ),
+        "$.upstreams.central.url",
+        "holds credentials",
+        id="credentials-in-upstream-url",
+    ),
+    pytest.param(
+        _set(
+            "upstreams",
+            {"central": {"url": "https://up.example:0/x", "timeout_seconds": 5, "retries": 1}},
+        ),
+        "$.upstreams.central.url",
+        "with a host",
+        id="upstream-port-0",
+    ),
+    pytest.param(
         drop_op("publish_blob", "txn.begin"),
         "$.routes[0].pipeline[",
         "must be inside txn.begin",
