@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaError
+from referencing.jsonschema import DRAFT202012
 from werkzeug.routing import Map, Rule
 
 from ..pipeline.registry import OPS, PENDING, REFS, OpSpec
@@ -178,28 +179,40 @@ class _Unresolvable(Exception):
     """A ``$ref`` of a JSON Schema that leads nowhere."""
 
 
-def _check_refs(node: Any, validator: Draft202012Validator) -> None:
-    """Raise _Unresolvable for the first local ``$ref`` (``#...``) under ``node`` that
-    leads nowhere; it would fail every validation that reaches it."""
+def _check_refs(root: Any, validator: Draft202012Validator) -> None:
+    """Raise _Unresolvable for the first reference of a JSON Schema that would fail (or
+    crash) every validation that reaches it: a ``$ref`` that is not local (``#...``),
+    leads nowhere or to something that is not a schema; a ``$dynamicRef`` or
+    ``$recursiveRef``. Only schema positions are walked (not ``const``, ``enum``, ...),
+    and the schemas that refs lead to as well; the refs of an embedded resource (a
+    subschema with an ``$id``) are resolved against it."""
     resolver = getattr(validator, "_resolver", None)  # jsonschema >= 4.18
     if resolver is None:
         return
-    if isinstance(node, dict):
-        if node is not validator.schema and "$id" in node:
-            return  # an embedded resource: its local refs are relative to it
+    seen: set[int] = set()
+    pending = [(root, resolver)]
+    while pending:
+        node, resolver = pending.pop()
+        if not isinstance(node, dict) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for keyword in ("$dynamicRef", "$recursiveRef"):
+            if keyword in node:
+                raise _Unresolvable(f"{keyword} {node[keyword]!r}: not supported, use $ref")
+        if node is not root and "$id" in node:
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
         ref = node.get("$ref")
-        if isinstance(ref, str):
-            if not ref.startswith("#"):
+        if ref is not None:
+            if not isinstance(ref, str) or not ref.startswith("#"):
                 raise _Unresolvable(f"{ref!r}: only local $refs (#...) are resolved here")
             try:
-                resolver.lookup(ref)
+                resolved = resolver.lookup(ref)
             except Exception as err:  # referencing's Unresolvable and its kin
                 raise _Unresolvable(repr(ref)) from err
-        for value in node.values():
-            _check_refs(value, validator)
-    elif isinstance(node, list):
-        for value in node:
-            _check_refs(value, validator)
+            if not isinstance(resolved.contents, dict | bool):
+                raise _Unresolvable(f"{ref!r}: leads to a value that is not a schema")
+            pending.append((resolved.contents, resolved.resolver))
+        pending.extend((sub, resolver) for sub in DRAFT202012.subresources_of(node))
 
 
 def _unknown_op(name: str) -> str:

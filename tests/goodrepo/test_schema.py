@@ -442,6 +442,56 @@ BROKEN = [
     ),
     pytest.param(
         _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
+                extra={"$dynamicRef": "#meta"}
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        "not supported, use $ref",
+        id="json-schema-dynamic-ref",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
+                extra={"$id": "https://e.test/x", "$ref": "#/properties"}
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        "unresolvable $ref",
+        id="json-schema-embedded-id",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
+                extra={"$ref": "#/required"}
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        "not a schema",
+        id="json-schema-ref-to-a-list",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
+                extra={"$ref": "#/properties/target_version/maxLength"}
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        "not a schema",
+        id="json-schema-ref-to-a-number",
+    ),
+    pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
+                extra={"items": {"$ref": "#/$defs/nope"}}
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        "unresolvable $ref",
+        id="json-schema-nested-ref-to-nowhere",
+    ),
+    pytest.param(
+        _call(
             lambda s: s["validation"]["json_schemas"]["tag_update"].update(
                 allOf=[{"$ref": "other.json"}]
             )
