@@ -34,6 +34,7 @@ from .errors import GoodrepoError, InvalidRequest, MethodNotAllowed, NotFound
 from .pipeline.context import RequestContext
 
 if TYPE_CHECKING:
+    from .pipeline.runtime import Route, Runtime
     from .repository import Repository
 
 log = logging.getLogger(__name__)
@@ -111,15 +112,22 @@ class CoreApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         ctx: RequestContext | None = None
-        try:
-            runtime = self.repo.runtime  # one snapshot for the whole request
-            endpoint, values = runtime.url_adapter.match(
+        values: dict[str, Any] = {}
+
+        def pick(runtime: Runtime) -> Route:
+            endpoint, matched = runtime.url_adapter.match(
                 path_text(environ), environ.get("REQUEST_METHOD") or "GET"
             )
-            route = runtime.routes[endpoint]
-            environ[ROUTE] = route.path
-            ctx = RequestContext(runtime, environ, dict(values))
-            response = route.run(ctx)
+            values.clear()
+            values.update(matched)
+            return runtime.routes[endpoint]
+
+        try:
+            # One snapshot of the schema for the whole request.
+            with self.repo.running(pick) as (runtime, route):
+                environ[ROUTE] = route.path
+                ctx = RequestContext(runtime, environ, dict(values))
+                response = route.run(ctx)
         except GoodrepoError as err:
             response = error_response(err, environ)
         except HTTPException as exc:

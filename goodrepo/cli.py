@@ -116,6 +116,13 @@ def run_server(app: Any, settings: Any, out: TextIO) -> None:
     listeners = _listeners(server)
     for listener in listeners:  # waitress's own refusals answered in JSON by the app
         listener.channel_class = RefusalChannel
+
+    def follow_body_limit() -> None:  # waitress reads it for each request it parses
+        limit = app.request_body_limit()
+        for listener in listeners:
+            listener.adj.max_request_body_size = limit
+
+    app.repo.add_swap_listener(follow_body_limit)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from stat import S_ISREG
 from typing import IO, Any
@@ -38,6 +40,7 @@ from .errors import GoodrepoError, InvalidConfig, StoreError, ValidationError
 from .gc import GarbageCollector
 from .pipeline import Runtime, Services
 from .pipeline.context import RequestContext
+from .pipeline.runtime import Route
 from .storage.events import EventLog
 from .storage.kv import KV
 
@@ -93,6 +96,8 @@ class Repository:
         self.events = EventLog(self.kv)
         self.services = Services(self.data_dir, self.kv, self.events)
         self._swap_lock = threading.RLock()
+        self._writers_lock = threading.Lock()
+        self._swap_listeners: list[Callable[[], object]] = []
         self._gc = GarbageCollector(self)
         try:
             stored = self.kv.get_json(SCHEMA_KEY)
@@ -171,12 +176,7 @@ class Repository:
         with self._swap_lock:
             # Build everything the new schema needs before storing it: a swap that
             # fails must leave the stored schema as it was.
-            try:
-                stranded = self._runtime.stranded_by(validated)
-                if stranded:
-                    raise InvalidConfig(stranded, "the schema would strand stored data")
-            except _SCHEMA_FAULTS as err:
-                raise _not_compiled(err) from err
+            self._check_strands(validated)
             try:
                 runtime = self._compile(validated)
             except StoreError as err:  # a blob store root that cannot be made, say
@@ -184,12 +184,71 @@ class Repository:
                     [{"path": "$.storage.blob_stores", "message": err.message}]
                 ) from err
             cache = self.services.cache.prepare(validated.get("caching", {}))
-            with self.kv.transaction() as txn:
-                txn.put_json(SCHEMA_KEY, validated)
-                self.events.emit(txn, "schema.replaced", {"by": by})
-            self.services.cache.install(cache)
-            self._runtime = runtime
+            # No write starts on the old schema from here on (see begin_write), and one
+            # already running (an upload, say) would store where the old schema says.
+            with self._writers_lock:
+                self._check_strands(validated, writes_running=self._runtime.writers > 0)
+                with self.kv.transaction() as txn:
+                    txn.put_json(SCHEMA_KEY, validated)
+                    self.events.emit(txn, "schema.replaced", {"by": by})
+                self.services.cache.install(cache)
+                self._runtime = runtime
         log.info("schema replaced by %s", by)
+        for listener in list(self._swap_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a schema swap listener failed")
+
+    def _check_strands(self, validated: dict[str, Any], *, writes_running: bool = False) -> None:
+        """InvalidConfig if ``validated`` would strand stored data, or (``writes_running``)
+        data that writes running on the current schema are about to store."""
+        try:
+            stranded = self._runtime.stranded_by(validated)
+            busy = not stranded and writes_running
+            if busy:
+                stranded = self._runtime.stranded_by(validated, assume_data=True)
+        except _SCHEMA_FAULTS as err:
+            raise _not_compiled(err) from err
+        if stranded and busy:
+            stranded = [
+                {
+                    "path": "$.storage",
+                    "message": "writes are running (an upload, say) that would store data "
+                    "where this schema no longer looks; try again once they have finished: "
+                    + "; ".join(f"{p['path']}: {p['message']}" for p in stranded),
+                }
+            ]
+        if stranded:
+            raise InvalidConfig(stranded, "the schema would strand stored data")
+
+    @contextmanager
+    def running(self, pick: Callable[[Runtime], Route]) -> Iterator[tuple[Runtime, Route]]:
+        """The active runtime and the route ``pick`` finds in it, for one request.
+
+        A request of a writing route is counted on its runtime until the block ends, and
+        while it runs a schema swap that would move where it stores is refused.
+        """
+        while True:
+            runtime = self.runtime
+            route = pick(runtime)
+            if not route.writes:
+                yield runtime, route
+                return
+            with self._writers_lock:
+                if runtime is self._runtime:  # else a swap came between: look again
+                    runtime.writers += 1
+                    break
+        try:
+            yield runtime, route
+        finally:
+            with self._writers_lock:
+                runtime.writers -= 1
+
+    def add_swap_listener(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` after every schema swap (``goodrepo serve`` uses it to keep
+        the server's request body limit in step with ``max_blob_bytes``)."""
+        self._swap_listeners.append(listener)
 
     def set_features(self, changes: dict[str, Any], *, by: str = "system") -> dict[str, Any]:
         """Change feature flags (they take effect on the next write); returns them all."""
@@ -242,52 +301,58 @@ class Repository:
         ``body`` may be any binary stream; without ``content_length`` (and when it cannot
         be measured) it is read to its end.
         """
-        runtime = self.runtime
-        route = runtime.routes.get(route_id)
-        if route is None:
-            raise GoodrepoError(f"the active schema has no route {route_id!r}")
-        try:
-            path = runtime.url_map.bind("localhost").build(route_id, values, append_unknown=False)
-        except BuildError as err:
-            raise ValidationError(
-                f"route {route_id!r} needs a text value for each of its path parameters",
-                details={"route": route_id},
-            ) from err
-        environ = EnvironBuilder(
-            path=path,
-            method=method or route.method,
-            query_string=query,
-            headers=list((headers or {}).items()),
-            json=json_body,
-        ).get_environ()
-        if body is not None:
-            stream = io.BytesIO(body) if isinstance(body, bytes) else body
-            length = len(body) if isinstance(body, bytes) else content_length
-            environ["wsgi.input"] = stream
-            environ["CONTENT_TYPE"] = "application/octet-stream"
-            if length is None:
-                environ.pop("CONTENT_LENGTH", None)
-                environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # a body of unknown length
-                environ["wsgi.input_terminated"] = True
-            else:
-                environ["CONTENT_LENGTH"] = str(length)
-        if principal is None:  # (an empty one is an anonymous caller, with no scopes)
-            principal = {
-                "sub": "system",
-                "scopes": ["admin"],
-                "token_id": None,
-                "claims": {},
-                "anonymous": False,
-            }
-        environ[PRINCIPAL] = principal
-        ctx = RequestContext(runtime, environ, dict(values))
-        try:
-            response: Response = route.run(ctx)
-        except HTTPException as exc:  # werkzeug's, such as a body shorter than announced
-            raise from_http_exception(exc) from exc
-        finally:
-            ctx.close()
-        return response
+
+        def pick(runtime: Runtime) -> Route:
+            route = runtime.routes.get(route_id)
+            if route is None:
+                raise GoodrepoError(f"the active schema has no route {route_id!r}")
+            return route
+
+        with self.running(pick) as (runtime, route):
+            try:
+                path = runtime.url_map.bind("localhost").build(
+                    route_id, values, append_unknown=False
+                )
+            except BuildError as err:
+                raise ValidationError(
+                    f"route {route_id!r} needs a text value for each of its path parameters",
+                    details={"route": route_id},
+                ) from err
+            environ = EnvironBuilder(
+                path=path,
+                method=method or route.method,
+                query_string=query,
+                headers=list((headers or {}).items()),
+                json=json_body,
+            ).get_environ()
+            if body is not None:
+                stream = io.BytesIO(body) if isinstance(body, bytes) else body
+                length = len(body) if isinstance(body, bytes) else content_length
+                environ["wsgi.input"] = stream
+                environ["CONTENT_TYPE"] = "application/octet-stream"
+                if length is None:
+                    environ.pop("CONTENT_LENGTH", None)
+                    environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # a body of unknown length
+                    environ["wsgi.input_terminated"] = True
+                else:
+                    environ["CONTENT_LENGTH"] = str(length)
+            if principal is None:  # (an empty one is an anonymous caller, with no scopes)
+                principal = {
+                    "sub": "system",
+                    "scopes": ["admin"],
+                    "token_id": None,
+                    "claims": {},
+                    "anonymous": False,
+                }
+            environ[PRINCIPAL] = principal
+            ctx = RequestContext(runtime, environ, dict(values))
+            try:
+                response: Response = route.run(ctx)
+            except HTTPException as exc:  # werkzeug's, such as a body shorter than announced
+                raise from_http_exception(exc) from exc
+            finally:
+                ctx.close()
+            return response
 
     def publish(
         self,

@@ -261,7 +261,8 @@ class GoodrepoApp:
         is one byte over the largest body the app accepts: a blob of the largest
         ``max_blob_bytes`` of the blob stores, or a schema for ``PUT /admin/config`` if
         that is larger. A store without ``max_blob_bytes`` accepts any size, and then so
-        does the server. The schema of the moment counts: a server reads it at start.
+        does the server. The schema of the moment counts: ``goodrepo serve`` reads it at
+        start and again after every schema swap.
         """
         stores = self.repo.schema["storage"]["blob_stores"].values()
         limits = [store.get("max_blob_bytes") for store in stores]

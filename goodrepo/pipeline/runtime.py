@@ -163,6 +163,11 @@ class Route:
     path: str
     steps: list[Step]
 
+    @property
+    def writes(self) -> bool:
+        """Whether the route may store something (a blob, or a transaction's writes)."""
+        return any(step.name in _WRITING_OPS for step in self.steps)
+
     def run(self, ctx: RequestContext) -> Any:
         for step in self.steps:
             if step.when is not None and not step.when.render(ctx):
@@ -171,6 +176,9 @@ class Route:
             if result is not None:
                 return result
         raise RuntimeError(f"route {self.id} ended without a response")
+
+
+_WRITING_OPS = frozenset({"blob.put", "txn.begin"})
 
 
 def rule_path(path: str) -> str:
@@ -186,6 +194,7 @@ class Runtime:
         self.services = services
         self.kv = services.kv
         self.events = services.events
+        self.writers = 0  # requests of writing routes running on it (Repository counts)
         self.features: dict[str, Any] = dict(schema.get("features", {}))
         self.limits: dict[str, int] = dict(schema["ops"]["limits"])
         auth = schema.get("auth", {})
@@ -252,7 +261,9 @@ class Runtime:
             steps.append(Step(spec.name, spec.build(args, self), when))
         return steps
 
-    def stranded_by(self, schema: dict[str, Any]) -> list[dict[str, str]]:
+    def stranded_by(
+        self, schema: dict[str, Any], *, assume_data: bool = False
+    ) -> list[dict[str, str]]:
         """What replacing this schema by ``schema`` would strand, as problems (``path``,
         ``message``) for :class:`~goodrepo.errors.InvalidConfig`; empty when nothing.
 
@@ -261,6 +272,7 @@ class Runtime:
         document that holds documents keeps its store and key, and an index over stored
         documents keeps its definition and its entity's versioning (its rows are sorted
         by it). Each may still be removed, added or changed while it is empty.
+        ``assume_data``: as if every store, kind of document and index held some.
         """
         problems: list[dict[str, str]] = []
         stores, old_stores = (
@@ -270,7 +282,7 @@ class Runtime:
         for name, store in self.blob_stores.items():
             spec, old = stores.get(name), old_stores[name]
             moved = spec is None or any(spec[k] != old[k] for k in ("root", "path_template"))
-            if moved and next(store.iter_digests(), None) is not None:
+            if moved and (assume_data or next(store.iter_digests(), None) is not None):
                 problems.append(
                     {
                         "path": f"$.storage.blob_stores.{name}",
@@ -282,7 +294,7 @@ class Runtime:
         for name, doc in self.documents.items():
             spec = documents.get(name)
             if (spec is None or (spec["store"], spec["key"]) != self._document_layout(name)) and (
-                self._holds_documents(doc)
+                assume_data or self._holds_documents(doc)
             ):
                 problems.append(
                     {
@@ -301,8 +313,10 @@ class Runtime:
             has_rows = name in self.indexes and self.indexes[name].has_rows()
             spec = next((s for s in schema.get("indexes", []) if s["name"] == name), None)
             over = spec and documents.get(spec.get("document"))
-            if has_rows or (
-                over and self._holds_documents(Document(name, over["store"], over["key"]))
+            if (
+                assume_data
+                or has_rows
+                or (over and self._holds_documents(Document(name, over["store"], over["key"])))
             ):
                 problems.append(
                     {

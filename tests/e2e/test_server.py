@@ -304,6 +304,13 @@ def test_the_body_limit_follows_the_blob_stores(server: Any, tmp_path: Path) -> 
     assert error["message"] == f"the request body is over {limit} bytes"
     assert s.request("GET", "/v1/acme/sized/2.0.0/any", token=s.admin_token).status_code == 404
 
+    # Raised by a schema swap: the server takes larger bodies at once, without a restart.
+    config = s.request("GET", "/admin/config", token=s.admin_token).json()["config"]
+    config["storage"]["blob_stores"]["primary"]["max_blob_bytes"] = 2 * limit
+    r = s.request("PUT", "/admin/config", token=s.admin_token, json=config)
+    assert r.status_code == 200, r.text
+    assert s.publish("acme/sized/2.0.0/any", b"z" * (limit + 1)).status_code == 201
+
     unlimited = tmp_path / "unlimited"
     unlimited.mkdir()
     s = server(env={"GOODREPO_SCHEMA_FILE": str(schema_with_blob_limit(unlimited, None))})

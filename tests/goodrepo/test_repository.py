@@ -453,6 +453,38 @@ def test_the_layout_of_an_empty_repository_can_change(
         assert blob.read() == b"one"
 
 
+@pytest.mark.parametrize(("mutate", "path"), LAYOUT_CHANGES)
+def test_the_layout_an_upload_is_writing_to_cannot_change(
+    repo: Repository, mutate: Any, path: str
+) -> None:
+    # The repository is empty, but a publish is running on the current layout: it would
+    # store its blob, document and index rows where the new schema no longer looks.
+    body = BlockingBody(b"two " * 100, b"end")
+    thread, out = start_slow_publish(repo, "acme/app/2.0.0/linux", body, 403)
+    try:
+        assert refused_paths(repo, mutate) == ["$.storage"]
+    finally:
+        body.release.set()
+        thread.join(30)
+    assert out["status"] == 201
+    assert repo.metadata("acme", "app", "2.0.0", "linux")["blob_size"] == 403
+    with repo.open_blob(sha(b"two " * 100 + b"end")) as blob:
+        assert blob.read() == b"two " * 100 + b"end"
+    assert refused_paths(repo, mutate) == [path]  # now for the data it stored
+
+
+def test_a_swap_that_moves_nothing_goes_ahead_beside_an_upload(repo: Repository) -> None:
+    body = BlockingBody(b"two " * 100, b"end")
+    thread, out = start_slow_publish(repo, "acme/app/2.0.0/linux", body, 403)
+    try:
+        repo.set_features({"mutable_tags": False})
+    finally:
+        body.release.set()
+        thread.join(30)
+    assert out["status"] == 201
+    assert repo.runtime.writers == 0
+
+
 def test_an_empty_kind_of_document_can_change_beside_a_full_one(repo: Repository) -> None:
     repo.publish("acme", "app", "1.0.0", "linux", b"one")  # artifacts, no tags
     candidate = repo.schema
