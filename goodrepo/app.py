@@ -82,6 +82,17 @@ def path_text(environ: dict[str, Any]) -> str:
         return str(raw)
 
 
+def check_content_length(environ: dict[str, Any]) -> None:
+    """``InvalidRequest`` for a ``Content-Length`` that is not a number of bytes.
+
+    werkzeug reads such a value as no body at all, so a blob sent with one would be
+    stored empty; waitress refuses them itself, other servers may pass them on.
+    """
+    value = environ.get("CONTENT_LENGTH")
+    if value and not (value.isascii() and value.strip().isdigit()):
+        raise InvalidRequest("Content-Length is not a number of bytes")
+
+
 def from_http_exception(exc: HTTPException) -> GoodrepoError:
     """The error of ours that answers like werkzeug's ``exc`` (status and code)."""
     status = exc.code or 500
@@ -123,6 +134,7 @@ class CoreApp:
             return runtime.routes[endpoint]
 
         try:
+            check_content_length(environ)
             # One snapshot of the schema for the whole request.
             with self.repo.running(pick) as (runtime, route):
                 environ[ROUTE] = route.path

@@ -172,7 +172,8 @@ class Repository:
 
     def replace_schema(self, new_schema: Any, *, by: str = "system") -> None:
         """Validate, store and hot-swap a schema; raises InvalidConfig, changing nothing."""
-        validated = schema_mod.validate(copy.deepcopy(new_schema))
+        # Validated before it is copied: a copy of a schema nested too deeply would fail.
+        validated = copy.deepcopy(schema_mod.validate(new_schema))
         with self._swap_lock:
             # Build everything the new schema needs before storing it: a swap that
             # fails must leave the stored schema as it was.

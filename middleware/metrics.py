@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.utils import floatToGoString
 from webob import Response
 
@@ -305,7 +305,10 @@ class MetricsMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         """A WSGI app answering the registry's metrics, with no access control of its own."""
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        try:
+            encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        except Exception:  # prometheus_client trips over some parameters (version="1.0.0")
+            encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
         response = Response(body=encoder(self.registry))
         response.headers["Content-Type"] = content_type
         response.headers["Cache-Control"] = "no-store"

@@ -20,7 +20,14 @@ from werkzeug.wrappers import Request, Response
 
 from middleware.keys import CLIENT_ADDR, PRINCIPAL, ROUTE
 
-from ..app import WSGIApp, error_response, path_text, request_id_of
+from ..app import (
+    WSGIApp,
+    check_content_length,
+    error_response,
+    from_http_exception,
+    path_text,
+    request_id_of,
+)
 from ..errors import (
     Forbidden,
     GoodrepoError,
@@ -180,6 +187,7 @@ class JsonApi:
         endpoint = self.endpoints[key]
         environ[ROUTE] = endpoint.rule
         try:
+            check_content_length(environ)
             principal = environ.get(PRINCIPAL) or {}
             self._authorize(endpoint, principal)
             result = endpoint.handler(ApiRequest(Request(environ), dict(values), principal))
@@ -191,6 +199,8 @@ class JsonApi:
                 response = json_response(result)
         except GoodrepoError as err:
             response = error_response(err, environ)
+        except HTTPException as exc:  # werkzeug's, such as a body shorter than announced
+            response = error_response(from_http_exception(exc), environ)
         except Exception:
             log.exception("unexpected error (request %s)", request_id_of(environ))
             response = error_response(GoodrepoError(), environ)

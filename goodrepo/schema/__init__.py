@@ -73,8 +73,29 @@ def _json_path(parts: Any) -> str:
     return out
 
 
+MAX_DEPTH = 100
+
+
+def _too_deep(value: Any) -> str | None:
+    """The JSON path of the first value nested more than ``MAX_DEPTH`` levels deep, or
+    None. Iterative: the checks that follow recurse, and must not run out of stack."""
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while pending:
+        node, path = pending.pop()
+        if len(path) > MAX_DEPTH:
+            return _json_path(path)
+        if isinstance(node, dict):
+            pending.extend((v, (*path, k)) for k, v in node.items())
+        elif isinstance(node, list):
+            pending.extend((v, (*path, i)) for i, v in enumerate(node))
+    return None
+
+
 def problems_of(schema: Any) -> list[dict[str, str]]:
     """Every problem of ``schema``; an empty list means it is valid."""
+    deep = _too_deep(schema)
+    if deep is not None:
+        return [{"path": deep, "message": f"nested more than {MAX_DEPTH} levels deep"}]
     try:
         json.dumps(schema, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:

@@ -1,12 +1,17 @@
-"""JSON bodies of the auth, admin and tag endpoints: wrong types and repeated keys."""
+"""Request bodies of the auth, admin, tag and blob endpoints: wrong types, repeated keys,
+bodies shorter than announced and lengths that are not numbers."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import webtest
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Response
 
 from .test_stack import bearer, login, make
 
@@ -90,3 +95,68 @@ def test_the_features_are_unchanged_by_a_refused_body(web: webtest.TestApp) -> N
         status=400,
     )
     assert web.get("/admin/features", headers=admin).json == before
+
+
+def raw(app: Any, method: str, path: str, body: bytes, length: str, **headers: str) -> Any:
+    """Send ``body`` with whatever ``Content-Length`` header ``length`` says."""
+    environ = EnvironBuilder(method=method, path=path, headers=headers).get_environ()
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = length
+    return Response.from_app(app, environ)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/auth/login"),
+        ("POST", "/auth/refresh"),
+        ("PUT", "/admin/config"),
+        ("POST", "/admin/users"),
+        ("PUT", "/v1/acme/app/tags/stable"),
+    ],
+)
+def test_a_body_shorter_than_its_content_length_is_a_400(
+    tmp_path: Path, method: str, path: str
+) -> None:
+    app = make(tmp_path)
+    try:
+        token = login(webtest.TestApp(app))["token"]
+        res = raw(app, method, path, b'{"a":', "100", Authorization=f"Bearer {token}")
+        assert res.status_code == 400, res.get_data()
+        assert res.get_json()["error"]["code"] == "INVALID_REQUEST"
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("length", ["-5", "abc", "5 5", "٥"])
+def test_a_content_length_that_is_not_a_number_is_a_400_and_stores_nothing(
+    tmp_path: Path, length: str
+) -> None:
+    app = make(tmp_path)
+    try:
+        web = webtest.TestApp(app)
+        token = login(web)["token"]
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+        res = raw(app, "PUT", "/v1/acme/app/1.0.0/linux/blob", b"hello", length, **auth)
+        assert res.status_code == 400, res.get_data()
+        assert res.get_json()["error"]["message"] == "Content-Length is not a number of bytes"
+        res = raw(app, "POST", "/auth/login", b"{}", length)
+        assert res.status_code == 400, res.get_data()
+        web.get(
+            "/v1/acme/app/1.0.0/linux",
+            headers={"Authorization": auth["Authorization"]},
+            status=404,
+        )
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("depth", [120, 600, 990])
+def test_a_config_nested_too_deeply_is_a_422(web: webtest.TestApp, depth: int) -> None:
+    admin = {**bearer(login(web)["token"]), "Content-Type": "application/json"}
+    before = web.get("/admin/config", headers=admin).json["config"]
+    body = '{"a":' * depth + "1" + "}" * depth
+    res = web.put("/admin/config", body.encode(), headers=admin, status=422)
+    message = res.json["error"]["details"]["problems"][0]["message"]
+    assert "nested" in message and "deep" in message  # by the JSON parser, or after it
+    assert web.get("/admin/config", headers=admin).json["config"] == before

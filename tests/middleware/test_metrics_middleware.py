@@ -324,3 +324,14 @@ def test_the_histogram_counts_each_request_in_its_bucket_and_the_sum(
     assert sample(registry, name + "_count", **labels) == 2
     assert 0.06 <= (sample(registry, name + "_sum", **labels) or 0) < 60
     assert sample(registry, "goodrepo_http_requests_total", **labels) == 2
+
+
+@pytest.mark.parametrize("version", ['"1.0.0"', "abc", "1.a"])
+def test_an_accept_parameter_prometheus_cannot_read_gets_the_text_format(
+    registry: CollectorRegistry, version: str
+) -> None:
+    app = TestApp(MetricsMiddleware(RecordingApp(), registry=registry))
+    accept = f"application/openmetrics-text; version={version}"
+    response = app.get("/metrics", headers={"Accept": accept}, extra_environ=LOCAL)
+    assert response.status_int == 200
+    assert response.content_type == "text/plain"
