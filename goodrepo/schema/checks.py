@@ -274,28 +274,34 @@ def _check_routes(schema: dict[str, Any], problems: Problems) -> None:
     ids: set[str] = set()
     pairs: set[tuple[str, str]] = set()
     rules = []
+    failure: Exception | None = None
     for i, route in enumerate(schema["routes"]):
-        path = f"$.routes[{i}]"
-        if route["id"] in ids:
-            problems.add(f"{path}.id", f"duplicate route id {route['id']!r}")
-        ids.add(route["id"])
-        pair = (route["method"], route["path"])
-        if pair in pairs:
-            problems.add(f"{path}.path", f"duplicate route {route['method']} {route['path']}")
-        pairs.add(pair)
-        params = _PLACEHOLDER.findall(route["path"])
-        bad = [p for p in params if not _IDENT.fullmatch(p)]
-        if bad or len(set(params)) != len(params):
-            problems.add(f"{path}.path", "path placeholders must be unique {identifiers}")
-            continue
-        rules.append(
-            Rule(rule_path(route["path"]), endpoint=route["id"], methods=[route["method"]])
-        )
-        _check_pipeline(schema, route, set(params), path, problems)
+        try:
+            path = f"$.routes[{i}]"
+            if route["id"] in ids:
+                problems.add(f"{path}.id", f"duplicate route id {route['id']!r}")
+            ids.add(route["id"])
+            pair = (route["method"], route["path"])
+            if pair in pairs:
+                problems.add(f"{path}.path", f"duplicate route {route['method']} {route['path']}")
+            pairs.add(pair)
+            params = _PLACEHOLDER.findall(route["path"])
+            bad = [p for p in params if not _IDENT.fullmatch(p)]
+            if bad or len(set(params)) != len(params):
+                problems.add(f"{path}.path", "path placeholders must be unique {identifiers}")
+                continue
+            rules.append(
+                Rule(rule_path(route["path"]), endpoint=route["id"], methods=[route["method"]])
+            )
+            _check_pipeline(schema, route, set(params), path, problems)
+        except Exception as err:  # a malformed route: check the others all the same
+            failure = failure or err
     try:
         Map(rules)
     except ValueError as err:
         problems.add("$.routes", f"routes cannot be mapped: {err}")
+    if failure is not None:
+        raise failure  # check_all reports it, or not when the shape is at fault
 
 
 def _templates(spec: OpSpec, args: dict[str, Any]) -> Iterable[tuple[str, Template]]:

@@ -717,6 +717,12 @@ def test_problems_beyond_the_shape_are_listed_with_shape_problems() -> None:
     paths = [p["path"] for p in schema_mod.problems_of(s)]
     assert paths[0] == "$.features.mutable_tags"
     assert {"$.routes[14].id", "$.caching.max_entry_bytes"} <= set(paths), paths
+    # A malformed route does not hide the problems of the routes after it.
+    s = schema_mod.default_schema()
+    del s["routes"][0]["pipeline"]
+    s["routes"][5]["id"] = s["routes"][3]["id"]
+    paths = [p["path"] for p in schema_mod.problems_of(s)]
+    assert "$.routes[0]" in paths and "$.routes[5].id" in paths, paths
     # A section whose shape is broken is reported once, by its shape problem.
     s = schema_mod.default_schema()
     s["entities"] = "nope"
