@@ -150,7 +150,7 @@ class GoodrepoApp:
             )
         except ValueError as err:  # what the settings cannot check: the storage's options
             where = settings._origin_of("ratelimit_storage")
-            problem = str(err).removeprefix("storage: ")
+            problem = settings.redact(str(err).removeprefix("storage: "))
             raise ConfigurationError(f"ratelimit_storage: {problem} (from {where})") from None
         app = HealthMiddleware(app, checks=self.readiness_checks())
         app = _ServerRefusals(app)

@@ -102,7 +102,7 @@ def raw(app: Any, method: str, path: str, body: bytes, length: str, **headers: s
     environ = EnvironBuilder(method=method, path=path, headers=headers).get_environ()
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = length
-    return Response.from_app(app, environ)
+    return Response.from_app(app, environ, buffered=True)  # read and closed, as servers do
 
 
 @pytest.mark.parametrize(
