@@ -58,6 +58,31 @@ def _call(fn: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Non
     return edit
 
 
+def _tag_update_property(json_schema: Any, message: str, id: str) -> Any:
+    """A case whose tag_update JSON Schema gains a property with ``json_schema``."""
+    return pytest.param(
+        _call(
+            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
+                extra=json_schema
+            )
+        ),
+        "$.validation.json_schemas.tag_update",
+        message,
+        id=id,
+    )
+
+
+def _upstream(changes: dict[str, Any], field: str, message: str, id: str) -> Any:
+    """A case with one upstream, ``changes`` made to a sound one, refused at ``field``."""
+    upstream = {"url": "https://up.example", "timeout_seconds": 5, "retries": 1, **changes}
+    return pytest.param(
+        _set("upstreams", {"central": upstream}),
+        f"$.upstreams.central.{field}",
+        message,
+        id=id,
+    )
+
+
 BROKEN = [
     pytest.param(
         _set("ops.allowed", [*schema_mod.default_schema()["ops"]["allowed"], "shell.exec"]),
@@ -155,48 +180,12 @@ BROKEN = [
         "duplicate index name",
         id="duplicate-index-name",
     ),
-    pytest.param(
-        _set(
-            "upstreams",
-            {"central": {"url": "https://up.example", "timeout_seconds": 900, "retries": 3}},
-        ),
-        "$.upstreams.central.timeout_seconds",
-        "maximum",
-        id="unbounded-timeout",
+    _upstream({"timeout_seconds": 900}, "timeout_seconds", "maximum", "unbounded-timeout"),
+    _upstream({"retries": 100}, "retries", "maximum", "unbounded-retries"),
+    _upstream(
+        {"url": "https://ci:s3cret@up.example"}, "url", "holds credentials", "credentials-in-url"
     ),
-    pytest.param(
-        _set(
-            "upstreams",
-            {"central": {"url": "https://up.example", "timeout_seconds": 5, "retries": 100}},
-        ),
-        "$.upstreams.central.retries",
-        "maximum",
-        id="unbounded-retries",
-    ),
-    pytest.param(
-        _set(
-            "upstreams",
-            {
-                "central": {
-                    "url": "https://ci:s3cret@up.example",
-                    "timeout_seconds": 5,
-                    "retries": 1,
-                }
-            },
-        ),
-        "$.upstreams.central.url",
-        "holds credentials",
-        id="credentials-in-upstream-url",
-    ),
-    pytest.param(
-        _set(
-            "upstreams",
-            {"central": {"url": "https://up.example:0/x", "timeout_seconds": 5, "retries": 1}},
-        ),
-        "$.upstreams.central.url",
-        "with a host",
-        id="upstream-port-0",
-    ),
+    _upstream({"url": "https://up.example:0/x"}, "url", "with a host", "upstream-port-0"),
     pytest.param(
         drop_op("publish_blob", "txn.begin"),
         "$.routes[0].pipeline[",
@@ -440,55 +429,24 @@ BROKEN = [
         "go round in a circle",
         id="json-schema-ref-cycle",
     ),
-    pytest.param(
-        _call(
-            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
-                extra={"$dynamicRef": "#meta"}
-            )
-        ),
-        "$.validation.json_schemas.tag_update",
-        "not supported, use $ref",
-        id="json-schema-dynamic-ref",
+    _tag_update_property(
+        {"$dynamicRef": "#meta"}, "not supported, use $ref", "json-schema-dynamic-ref"
     ),
-    pytest.param(
-        _call(
-            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
-                extra={"$id": "https://e.test/x", "$ref": "#/properties"}
-            )
-        ),
-        "$.validation.json_schemas.tag_update",
+    _tag_update_property(
+        {"$id": "https://e.test/x", "$ref": "#/properties"},
         "unresolvable $ref",
-        id="json-schema-embedded-id",
+        "json-schema-embedded-id",
     ),
-    pytest.param(
-        _call(
-            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
-                extra={"$ref": "#/required"}
-            )
-        ),
-        "$.validation.json_schemas.tag_update",
+    _tag_update_property({"$ref": "#/required"}, "not a schema", "json-schema-ref-to-a-list"),
+    _tag_update_property(
+        {"$ref": "#/properties/target_version/maxLength"},
         "not a schema",
-        id="json-schema-ref-to-a-list",
+        "json-schema-ref-to-a-number",
     ),
-    pytest.param(
-        _call(
-            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
-                extra={"$ref": "#/properties/target_version/maxLength"}
-            )
-        ),
-        "$.validation.json_schemas.tag_update",
-        "not a schema",
-        id="json-schema-ref-to-a-number",
-    ),
-    pytest.param(
-        _call(
-            lambda s: s["validation"]["json_schemas"]["tag_update"]["properties"].update(
-                extra={"items": {"$ref": "#/$defs/nope"}}
-            )
-        ),
-        "$.validation.json_schemas.tag_update",
+    _tag_update_property(
+        {"items": {"$ref": "#/$defs/nope"}},
         "unresolvable $ref",
-        id="json-schema-nested-ref-to-nowhere",
+        "json-schema-nested-ref-to-nowhere",
     ),
     pytest.param(
         _call(
