@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,7 +164,7 @@ class Route:
     path: str
     steps: list[Step]
 
-    @property
+    @cached_property
     def writes(self) -> bool:
         """Whether the route may store something (a blob, or a transaction's writes)."""
         return any(step.name in _WRITING_OPS for step in self.steps)
