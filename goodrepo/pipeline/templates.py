@@ -74,12 +74,18 @@ class Template:
     constant: bool = False
 
 
+def reference(text: str) -> tuple[str, tuple[str | int, ...]] | None:
+    """The variable and the steps into it of ``$var.path``; None for any other text."""
+    m = _REF.fullmatch(text)
+    return (m.group(1), _steps(m.group(2))) if m else None
+
+
 def compile_ref(text: str) -> Template:
     """Compile ``$var.path``; raises TemplateError if ``text`` is not a reference."""
-    m = _REF.fullmatch(text)
-    if not m:
+    ref = reference(text)
+    if ref is None:
         raise TemplateError(f"not a variable reference: {text!r}")
-    name, steps = m.group(1), _steps(m.group(2))
+    name, steps = ref
     return Template(lambda ctx: _walk(ctx.vars.get(name), steps), vars={name})
 
 

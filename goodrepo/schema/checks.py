@@ -22,6 +22,16 @@ from ..pipeline.registry import OPS, PENDING, REFS, OpSpec
 from ..pipeline.runtime import CACHE_DEFAULTS, rule_path
 from ..pipeline.templates import Template, TemplateError, compile_condition, compile_value
 from ..storage.blobs import BlobStore
+from .shapes import (
+    EXPECTED,
+    INDEX_KEY_PART,
+    NULL,
+    Shape,
+    out_shape,
+    shape_problem,
+    template_shape,
+    union,
+)
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -349,14 +359,6 @@ def _check_arg(kind: str, value: Any) -> str | None:
     return None if ok else _KIND_NEEDS[kind]
 
 
-_SCANS = frozenset({"kv.scan", "index.scan", "index.groups"})
-_OBJECT_VALUED = frozenset({"index.put", "index.delete", "kv.put", "kv.cas_put"})
-
-
-def _is_page_size(value: Any) -> bool:
-    return type(value) is int and 1 <= value <= 1000
-
-
 _REF = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
 
 
@@ -400,6 +402,7 @@ def _check_pipeline(
     if len(pipeline) > limit:
         problems.add(f"{path}.pipeline", f"{len(pipeline)} ops exceed max_pipeline_ops={limit}")
     defined_vars = set(BUILTIN_VARS)
+    shapes: dict[str, Shape | None] = {}  # what each variable holds, when that is known
     defined_fields: set[str] = set()
     in_txn = False
     staged = False  # a write is staged in the open transaction
@@ -505,32 +508,30 @@ def _check_pipeline(
             missing = [f for f in needed if f not in args["row"]]
             if missing:
                 problems.add(f"{where}.row", f"needs the index's fields {missing}")
+            for f in needed:
+                shape = template_shape(args["row"].get(f, ""), shapes)
+                why = shape_problem(INDEX_KEY_PART, shape)
+                if why:
+                    problems.add(f"{where}.row.{f}", why)
         if (
             name == "cache.put"
             and "ttl" in args
             and not (isinstance(args["ttl"], int) and 0 < args["ttl"] < 2**31)
         ):
             problems.add(f"{where}.ttl", "must be a number of seconds from 1 to 2147483647")
-        limit = args.get("limit")
-        if name in _SCANS and not (isinstance(limit, str) or _is_page_size(limit)):
-            problems.add(f"{where}.limit", "must be a whole number from 1 to 1000 or a template")
-        for key in ("row", "value"):
-            if (
-                key in args
-                and name in _OBJECT_VALUED
-                and not (isinstance(args[key], dict) or _is_ref(args[key]))
-            ):
-                problems.add(f"{where}.{key}", "must be an object or a $reference to one")
+        for key, value in args.items():
+            expected = EXPECTED.get((name, key))
+            why = expected and shape_problem(
+                expected, template_shape(value, shapes), page_size=key == "limit"
+            )
+            if why:
+                problems.add(f"{where}.{key}", why)
         for key in ("fields", "conflict"):
             member = args.get(key)
             if isinstance(member, dict) and not all(
                 isinstance(v, str) for k, v in member.items() if k != "compare"
             ):
                 problems.add(f"{where}.{key}", "its members must be strings (templates)")
-        if name == "emit.event" and not (
-            isinstance(args.get("payload"), dict) or _is_ref(args.get("payload"))
-        ):
-            problems.add(f"{where}.payload", "must be an object or a $reference to one")
         conflict = args.get("conflict")
         if isinstance(conflict, dict) and not isinstance(conflict.get("compare", ""), str):
             problems.add(f"{where}.conflict.compare", "must be the name of a field")
@@ -573,9 +574,14 @@ def _check_pipeline(
         if name == "normalize.entity" and arg_ok:
             defined_fields |= {t for t, _ in _pairs(args["fields"])}
         if isinstance(args.get("out"), str):
-            if args["out"] in unverified or args["out"] in unstored:
-                problems.add(f"{where}.out", f"overwrites ${args['out']}, a blob not yet stored")
-            defined_vars.add(args["out"])
+            out = args["out"]
+            if out in unverified or out in unstored:
+                problems.add(f"{where}.out", f"overwrites ${out}, a blob not yet stored")
+            shape = out_shape(name, args)
+            if "when" in step:  # the variable keeps its value, or null, when the op is skipped
+                shape = union(shape, shapes.get(out) if out in defined_vars else NULL)
+            shapes[out] = shape
+            defined_vars.add(out)
         if name == "blob.put" and isinstance(args.get("out"), str):
             unverified[args["out"]] = where
         if name == "txn.begin":

@@ -30,7 +30,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ValidationError
 from ..versions import VersionScheme
 from .kv import KV, Transaction, dumps, loads
 
@@ -87,7 +87,11 @@ def scan_page(
     return rows[:limit], next_cursor
 
 
-def _enc(value: str) -> bytes:
+def _part(field: str, value: Any) -> bytes:
+    """``value`` as a part of an index key: printable ASCII text, VALIDATION_ERROR naming
+    ``field`` otherwise (a NUL inside would let two groups share their keys)."""
+    if not (isinstance(value, str) and value.isascii() and value.isprintable()):
+        raise ValidationError(f"{field} must be printable ASCII text", details={"field": field})
     return value.encode("ascii")
 
 
@@ -110,12 +114,12 @@ class VersionIndex:
         self.group_by = tuple(group_by)
         self.version_field = version_field
         self.variant_field = variant_field
-        self._base = b"i:" + _enc(name) + SEP
+        self._base = b"i:" + name.encode("ascii") + SEP
 
     # -- keys ---------------------------------------------------------------------------
 
     def _group(self, values: Sequence[str]) -> bytes:
-        return b"".join(_enc(v) + SEP for v in values)
+        return b"".join(_part(f, v) + SEP for f, v in zip(self.group_by, values, strict=False))
 
     def _space(self, kind: bytes, group: Sequence[str]) -> bytes:
         return self._base + kind + SEP + self._group(group)
@@ -123,7 +127,7 @@ class VersionIndex:
     def _row_keys(self, row: dict[str, Any]) -> tuple[bytes, list[bytes]]:
         group = [row[f] for f in self.group_by]
         version = row[self.version_field]
-        variant = _enc(row[self.variant_field])
+        variant = _part(self.variant_field, row[self.variant_field])
         ver = self.scheme.encode(version)
         by_version = ver + SEP + variant
         by_variant = variant + SEP + ver
@@ -193,7 +197,8 @@ class VersionIndex:
         if variant is None:
             prefix = self._space(b"A" if prerelease else b"S", group)
         else:
-            prefix = self._space(b"B" if prerelease else b"T", group) + _enc(variant) + SEP
+            prefix = self._space(b"B" if prerelease else b"T", group)
+            prefix += _part(self.variant_field, variant) + SEP
         for _, value in self.kv.scan(prefix, reverse=True, limit=1):
             return loads(value)
         return None
@@ -222,7 +227,7 @@ class VersionIndex:
     ) -> tuple[list[tuple[str, int]], str | None]:
         """Child groups of ``parent`` with their counts, in name order, paginated."""
         base = self._counter_key([*parent, ""])[:-1]  # counter keys one level down
-        prefix = base + _enc(name_prefix)
+        prefix = base + (_part(self.group_by[len(parent)], name_prefix) if name_prefix else b"")
         scope = prefix + b"\x00groups"
         after = decode_cursor(cursor, scope)
         start = base + after if after is not None else None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from goodrepo.errors import InvalidRequest
+from goodrepo.errors import InvalidRequest, ValidationError
 from goodrepo.storage.events import EventLog
 from goodrepo.storage.index import VersionIndex
 from goodrepo.storage.kv import KV
@@ -143,3 +143,25 @@ def test_bad_cursor(kv: KV) -> None:
     idx = VersionIndex(kv, "versions", get_scheme("semver"), ["namespace", "name"])
     with pytest.raises(InvalidRequest):
         idx.versions(["acme", "app"], limit=1, cursor="***")
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"namespace": "a\x00b", "name": "c"}, "namespace"),  # would share keys with a/b\x00c
+        ({"namespace": "acme", "name": "caf\u00e9"}, "name"),
+        ({"namespace": "acme", "name": None}, "name"),
+        ({"namespace": "acme", "name": "app", "variant": 7}, "variant"),
+    ],
+)
+def test_index_key_parts_are_printable_ascii_text(
+    kv: KV, row: dict[str, object], field: str
+) -> None:
+    idx = VersionIndex(kv, "versions", get_scheme("semver"), ["namespace", "name"])
+    row = {"version": "1.0.0", "variant": "linux", **row}
+    with kv.transaction() as txn, pytest.raises(ValidationError) as caught:
+        idx.put(txn, row)
+    assert caught.value.details == {"field": field}
+    with pytest.raises(ValidationError):
+        idx.latest([row["namespace"], row["name"]], variant=row["variant"])  # type: ignore[arg-type]
+    assert list(kv.scan(b"")) == []

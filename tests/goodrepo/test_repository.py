@@ -835,11 +835,24 @@ def test_a_body_too_big_for_a_json_schema_is_the_clients_fault(repo: Repository)
     assert res.json["error"]["code"] == "INVALID_REQUEST"
 
 
-def test_a_page_size_the_schema_renders_wrong_is_a_clear_error(repo: Repository) -> None:
+def test_a_page_size_the_schema_renders_wrong_is_refused_at_load(repo: Repository) -> None:
     candidate = repo.schema
     query = next(x for x in candidate["routes"] if x["id"] == "versions")["pipeline"]
     params = next(x for x in query if x["op"] == "parse.query")["params"]
     params["limit"] = {"type": "string", "default": "10"}
+    with pytest.raises(InvalidConfig) as caught:
+        repo.replace_schema(candidate)
+    [problem] = caught.value.problems
+    assert problem["path"] == "$.routes[5].pipeline[5].limit"
+    assert problem["message"].endswith("it renders string")
+
+
+def test_a_page_size_the_schema_cannot_foresee_is_checked_when_it_renders(
+    repo: Repository,
+) -> None:
+    candidate = repo.schema
+    query = next(x for x in candidate["routes"] if x["id"] == "versions")["pipeline"]
+    next(x for x in query if x["op"] == "index.scan")["limit"] = "$schema.description"
     repo.replace_schema(candidate)
     repo.publish("acme", "app", "1.0.0", "linux", b"x")
     res = client_for(repo, WRITER).get("/v1/acme/app/versions", status=500)
