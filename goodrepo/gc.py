@@ -12,8 +12,9 @@ A run has three steps, each safe while the repository serves:
    first (``get_artifact``) and deleted only if it is still that document (``If-Match``)
    and, with ``keep_tagged``, untagged (``?unless_tagged=true``): both are checked in the
    delete's transaction, so a tag or a new document that arrives meanwhile wins.
-2. **Mark**: every ``blob_digest`` of every document in the KV, whether or not the active
-   schema declares its kind.
+2. **Mark**: every blob digest that any document in the KV holds, in any field and at any
+   depth (``sha256:<hex>`` or the bare hex), whether or not the active schema declares the
+   document's kind: a custom schema may name blobs in fields of its own.
 3. **Sweep**: every blob of every blob store that nothing marked and whose file is older
    than ``gc.grace_period_seconds`` is removed. A publish dates its blob when it stores it
    (or touches it, when the bytes are already there) just before committing the document
@@ -31,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -82,7 +84,8 @@ class GarbageCollector:
         removed, errors = self._retention(runtime, gc.get("retention", {}), dry_run, by)
         marked = _mark(runtime)
         if dry_run:  # as if retention had deleted its artifacts
-            marked.subtract(digest for _, digest in removed)
+            for _, digests in removed:
+                marked.subtract(digests)
         blobs = freed = in_grace = 0
         layouts: set[tuple[Path, str]] = set()
         for store in runtime.blob_stores.values():
@@ -121,9 +124,9 @@ class GarbageCollector:
 
     def _retention(
         self, runtime: Runtime, rules: dict[str, Any], dry_run: bool, by: str
-    ) -> tuple[list[tuple[str, str]], int]:
+    ) -> tuple[list[tuple[str, set[str]]], int]:
         """The artifacts retention removes (removed unless ``dry_run``), as ``(key, blob
-        digest)``, and how many it could not remove for an error (each one logged)."""
+        digests it names)``, and how many it could not remove for an error (each one logged)."""
         keep = rules.get("keep_last_versions")
         if keep is None:
             return [], 0
@@ -136,7 +139,7 @@ class GarbageCollector:
         cutoff = datetime.now(timezone.utc) - timedelta(days=min(min_age, MAX_AGE_DAYS))
         oldest = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         principal: dict[str, Any] = {"sub": by, "scopes": ["admin"], "token_id": None}
-        removed: list[tuple[str, str]] = []
+        removed: list[tuple[str, set[str]]] = []
         errors = 0
         for index in runtime.indexes.values():
             for group in _groups(index):
@@ -174,7 +177,7 @@ class GarbageCollector:
                         errors += 1
                         log.warning("retention could not remove %s: %s", key, err.message)
                         continue
-                    removed.append((key, str(meta.get("blob_digest"))))
+                    removed.append((key, set(_digests(meta))))
         return removed, errors
 
 
@@ -198,10 +201,27 @@ def _mark(runtime: Runtime) -> Counter[str]:
     the active schema declares its kind (a schema swapped back brings them back)."""
     marked: Counter[str] = Counter()
     for _, raw in runtime.kv.scan(DOCUMENTS):
-        value = loads(raw)
-        if isinstance(value, dict) and isinstance(value.get("blob_digest"), str):
-            marked[value["blob_digest"]] += 1
+        marked.update(set(_digests(loads(raw))))
     return marked
+
+
+_DIGEST = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+
+def _digests(document: Any) -> Iterator[str]:
+    """Every blob digest ``document`` holds, as ``sha256:<hex>``: any string of it, at any
+    depth, that is one (a bare hex too, which the blob stores also take)."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            match = _DIGEST.fullmatch(value) if len(value) in (64, 71) else None
+            if match:
+                yield f"sha256:{match[1]}"
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _groups(index: VersionIndex, parent: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

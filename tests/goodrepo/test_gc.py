@@ -168,6 +168,34 @@ def test_a_document_the_active_schema_does_not_declare_keeps_its_blob(
         assert blob.read() == b"kept"
 
 
+def test_a_blob_named_in_any_field_of_a_document_is_kept(repo: Repository) -> None:
+    # A custom schema may name blobs in fields of its own, at any depth, with or without
+    # the algorithm: a blob is collected only when no document holds its digest at all.
+    bodies = [b"sbom", b"sig", b"bare", b"gone"]
+    for i, body in enumerate(bodies):
+        repo.publish("acme", "app", f"1.0.{i}", "linux", body)
+        age(blob_path(repo, body), 2 * HOUR)
+    with repo.kv.transaction() as txn:
+        for i in range(len(bodies)):
+            txn.delete(DOCUMENTS + f"meta\x00artifact/acme/app/1.0.{i}/linux".encode())
+        txn.put_json(
+            DOCUMENTS + b"meta\x00release/acme/app/1",
+            {
+                "sbom": sha(b"sbom"),
+                "signatures": [{"blob": sha(b"sig")}],
+                "checksum": sha(b"bare").removeprefix("sha256:"),
+                "note": f"not a digest: {sha(b'gone')}",
+            },
+        )
+    set_gc(repo, grace=0)
+    assert repo.gc(dry_run=True)["blobs_freed"] == 1
+    assert repo.gc()["blobs_freed"] == 1
+    for body in bodies[:3]:
+        with repo.open_blob(sha(body)) as blob:
+            assert blob.read() == body
+    assert not blob_path(repo, b"gone").exists()
+
+
 def test_retention_without_keep_tagged_deletes_the_tag_too(repo: Repository) -> None:
     _versions(repo)
     set_gc(repo, grace=0, keep_last_versions=2, keep_tagged=False)
