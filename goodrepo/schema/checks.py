@@ -25,7 +25,6 @@ from ..storage.blobs import BlobStore
 from .shapes import (
     EXPECTED,
     INDEX_KEY_PART,
-    NULL,
     Shape,
     out_shape,
     shape_problem,
@@ -578,8 +577,11 @@ def _check_pipeline(
             if out in unverified or out in unstored:
                 problems.add(f"{where}.out", f"overwrites ${out}, a blob not yet stored")
             shape = out_shape(name, args)
-            if "when" in step:  # the variable keeps its value, or null, when the op is skipped
-                shape = union(shape, shapes.get(out) if out in defined_vars else NULL)
+            if "when" in step:
+                # Skipped, the op leaves the variable as it was. Unset, it would read as
+                # null, but only where a condition that the checker does not follow may
+                # hold: the shape is left unknown rather than refuse a sound pipeline.
+                shape = union(shape, shapes.get(out)) if out in defined_vars else None
             shapes[out] = shape
             defined_vars.add(out)
         if name == "blob.put" and isinstance(args.get("out"), str):

@@ -121,8 +121,6 @@ def union(a: Shape | None, b: Shape | None) -> Shape | None:
     """A value that has shape ``a`` or shape ``b``."""
     if a is None or b is None:
         return None
-    if a.types == {"null"} or b.types == {"null"}:
-        return (b if a.types == {"null"} else a).or_null()
     lo = None if a.lo is None or b.lo is None else min(a.lo, b.lo)
     hi = None if a.hi is None or b.hi is None else max(a.hi, b.hi)
     return Shape(a.types | b.types, lo=lo, hi=hi)

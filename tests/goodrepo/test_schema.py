@@ -699,6 +699,16 @@ def test_broken_schema_is_rejected_with_its_problem(
         schema_mod.validate(s)
 
 
+def _cascade_on_request(s: dict[str, Any]) -> None:
+    # $untagged is only defined when the condition holds, and only read then: the checker
+    # does not follow conditions, so it must not call it a list that may be null.
+    cascade = {"equals": ["$query.unless_tagged", False]}
+    step(s, "delete_artifact", "kv.delete_where")["when"] = cascade
+    pipeline = route(s, "delete_artifact")["pipeline"]
+    each = next(x for x in pipeline if x["op"] == "emit.event" and "for_each" in x)
+    each["when"] = cascade
+
+
 def _idempotent_delete(s: dict[str, Any]) -> None:
     pipeline = route(s, "delete_artifact")["pipeline"]
     at = next(i for i, x in enumerate(pipeline) if x["op"] == "respond.error")
@@ -734,6 +744,7 @@ def _idempotent_delete(s: dict[str, Any]) -> None:
             _call(lambda s: step(s, "latest", "index.latest").update(variant=None)),
             id="latest-of-any-variant",
         ),
+        pytest.param(_cascade_on_request, id="list-defined-and-read-under-one-condition"),
         pytest.param(
             _call(
                 lambda s: s["validation"]["json_schemas"].update(
