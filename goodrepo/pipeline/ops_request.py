@@ -191,14 +191,19 @@ def parse_json_body(raw: bytes) -> Any:
     """Decode a JSON body; INVALID_REQUEST when it is not JSON (RFC 8259: no ``NaN`` or
     ``Infinity``), nests too deeply to decode, repeats a key in an object (parsers disagree
     on which one counts), or escapes a lone surrogate (``\\ud800``, which is no character
-    and cannot be stored or hashed)."""
+    and cannot be stored or hashed). JSON bodies are UTF-8 (RFC 8259): ``json.loads``
+    would take UTF-16 and UTF-32 too, past the surrogate check below."""
     try:
-        value = json.loads(raw, parse_constant=_not_json, object_pairs_hook=_unique_keys)
+        text = raw.decode("utf-8-sig")  # a byte order mark may be ignored (RFC 8259)
+    except UnicodeDecodeError as err:
+        raise InvalidRequest("the request body is not valid JSON: not UTF-8") from err
+    try:
+        value = json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique_keys)
     except _DuplicateKey as err:
         raise InvalidRequest(f"the request body is not valid JSON: {err}") from err
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+    except (ValueError, RecursionError) as err:
         raise InvalidRequest("the request body is not valid JSON") from err
-    # Only an escape can make one: UTF-8 input never decodes to a surrogate.
+    # Only an escape can make one: UTF-8 text never decodes to a surrogate.
     if (b"\\ud" in raw or b"\\uD" in raw) and _lone_surrogate_in(value):
         raise InvalidRequest("the request body is not valid JSON: a lone surrogate")
     return value

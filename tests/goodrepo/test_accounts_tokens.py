@@ -426,6 +426,13 @@ def test_list_api_tokens_without_the_tokens(tokens, users, clock):
     assert [r["name"] for r in tokens.list_api_tokens()[0]] == ["mine"]  # expired ones hidden
 
 
+def test_api_tokens_made_in_one_instant_list_in_the_order_they_were_made(tokens, users):
+    names = [f"t{i}" for i in range(20)]  # the clock stands still
+    for name in names:
+        tokens.create_api_token("alice", name, ["read"], DAY)
+    assert [r["name"] for r in tokens.list_api_tokens()[0]] == names
+
+
 def test_revocation_is_immediate(tokens, users):
     made = tokens.create_api_token("alice", "ci", ["read"], DAY)
     claims = tokens.verify(made["token"])

@@ -132,8 +132,14 @@ def test_malformed_login_body(web: webtest.TestApp) -> None:
         ("/auth/login", rb'{"username": "admin", "password": "a long one \ud800 yes"}'),
         ("/auth/refresh", rb'{"refresh_token": "\udc00"}'),
         ("/auth/login", b"[" * 50_000),
+        # Not UTF-8: json.loads would read these, and the escape in them, as UTF-16/32.
+        (
+            "/auth/login",
+            '{"username": "admin", "password": "a long one \\ud800"}'.encode("utf-16"),
+        ),
+        ("/auth/refresh", '{"refresh_token": "x"}'.encode("utf-32-le")),
     ],
-    ids=["login-lone-surrogate", "refresh-lone-surrogate", "deep"],
+    ids=["login-lone-surrogate", "refresh-lone-surrogate", "deep", "utf-16", "utf-32"],
 )
 def test_bodies_json_cannot_hold_are_refused(web: webtest.TestApp, path: str, body: bytes) -> None:
     res = web.post(path, body, headers={"Content-Type": "application/json"}, status=400)
