@@ -97,7 +97,7 @@ def _query_param(name: str, spec: dict[str, Any], rt: Runtime) -> Any:
     elif kind == "cursor":
 
         def conv(raw: str) -> Any:
-            if len(raw) > 2048 or not raw.isascii():
+            if len(raw) > 2048 or not (raw.isascii() and raw.isprintable()):
                 raise bad("is not a valid cursor")
             return raw
 

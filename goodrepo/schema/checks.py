@@ -6,6 +6,7 @@ at the first, so an integrator sees everything that is wrong with a schema at on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable
@@ -20,12 +21,19 @@ from werkzeug.routing import Map, Rule
 
 from ..pipeline.registry import OPS, PENDING, REFS, OpSpec
 from ..pipeline.runtime import CACHE_DEFAULTS, rule_path
-from ..pipeline.templates import Template, TemplateError, compile_condition, compile_value
+from ..pipeline.templates import (
+    Template,
+    TemplateError,
+    compile_condition,
+    compile_value,
+    reference,
+)
 from ..storage.blobs import BlobStore
 from .shapes import (
     EXPECTED,
     INDEX_KEY_PART,
     Shape,
+    literal_shape,
     out_shape,
     shape_problem,
     template_shape,
@@ -345,12 +353,14 @@ def _check_arg(kind: str, value: Any) -> str | None:
         and not _is_ref(value)
         and "\r" not in value
         and "\n" not in value,
-        "status": isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599,
+        "status": isinstance(value, int) and not isinstance(value, bool) and 200 <= value <= 599,
         "headers": isinstance(value, dict)
         and all(
             isinstance(k, str)
             and _HEADER_NAME.fullmatch(k) is not None
+            and k.lower() not in _SERVER_HEADERS
             and isinstance(v, str)
+            and not _is_ref(v)
             and _HEADER_VALUE.fullmatch(v) is not None
             for k, v in value.items()
         ),
@@ -358,15 +368,28 @@ def _check_arg(kind: str, value: Any) -> str | None:
     return None if ok else _KIND_NEEDS[kind]
 
 
-_REF = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
-
-
 def _is_ref(value: Any) -> bool:
-    """Whether ``value`` is a ``$variable`` reference, dotted paths included."""
-    return isinstance(value, str) and _REF.fullmatch(value) is not None
+    """Whether ``value`` is a whole ``$variable`` reference, as templates read one
+    (``$var.a``, ``$rows[0].version``): it renders the value, whatever its type."""
+    return isinstance(value, str) and reference(value) is not None
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers that frame the message or belong to one connection: the server writes them.
+_SERVER_HEADERS = frozenset(
+    {
+        "connection",
+        "content-encoding",
+        "content-length",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # printable ASCII: no line breaks
 _KIND_NEEDS = {
     "name": "must be a non-empty name",
@@ -380,8 +403,10 @@ _KIND_NEEDS = {
     "object": "must be an object",
     "text": "must be text: a template such as '{name}-{version}', not a $reference, "
     "without line breaks",
-    "status": "must be an HTTP status code from 100 to 599",
-    "headers": "must be an object of header names to printable ASCII text",
+    "status": "must be an HTTP status code from 200 to 599",
+    "headers": "must be an object of header names to printable ASCII text (templates, "
+    "not $references); Connection, Content-Length, Content-Encoding, Transfer-Encoding "
+    "and the other hop-by-hop headers are the server's",
     "value": "",
 }
 
@@ -401,7 +426,11 @@ def _check_pipeline(
     if len(pipeline) > limit:
         problems.add(f"{path}.pipeline", f"{len(pipeline)} ops exceed max_pipeline_ops={limit}")
     defined_vars = set(BUILTIN_VARS)
-    shapes: dict[str, Shape | None] = {}  # what each variable holds, when that is known
+    # What each variable holds, when that is known: the built-in ones from the schema.
+    shapes: dict[str, Shape | None] = {
+        "features": literal_shape(schema.get("features", {})),
+        "schema": literal_shape(schema),
+    }
     defined_fields: set[str] = set()
     in_txn = False
     staged = False  # a write is staged in the open transaction
@@ -558,7 +587,9 @@ def _check_pipeline(
             if not isinstance(item, str) or not _IDENT.fullmatch(item):
                 problems.add(f"{where}.as", "must be a variable name")
                 item = "item"
-            reads_vars.discard(item)  # bound to each element in turn
+            reads_vars.discard(item)  # bound to each element in turn, for the payload
+            with contextlib.suppress(TemplateError):  # reported above
+                reads_vars |= compile_value(args["for_each"]).vars  # the list: not the item
             if item in defined_vars:
                 problems.add(
                     f"{where}.as", f"${item} is already a variable; name the element anew"

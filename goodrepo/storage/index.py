@@ -30,7 +30,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidRequest, ValidationError
+from ..errors import GoodrepoError, InvalidRequest, ValidationError
 from ..versions import VersionScheme
 from .kv import KV, Transaction, dumps, loads
 
@@ -125,9 +125,15 @@ class VersionIndex:
         return self._base + kind + SEP + self._group(group)
 
     def _row_keys(self, row: dict[str, Any]) -> tuple[bytes, list[bytes]]:
-        group = [row[f] for f in self.group_by]
-        version = row[self.version_field]
-        variant = _part(self.variant_field, row[self.variant_field])
+        if not isinstance(row, dict):
+            raise GoodrepoError("an index row is not an object (a schema fault)")
+        group: list[Any] = [row.get(f) for f in self.group_by]  # checked by _part
+        version = row.get(self.version_field)
+        if not isinstance(version, str):
+            raise ValidationError(
+                f"{self.version_field} must be text", details={"field": self.version_field}
+            )
+        variant = _part(self.variant_field, row.get(self.variant_field))
         ver = self.scheme.encode(version)
         by_version = ver + SEP + variant
         by_variant = variant + SEP + ver

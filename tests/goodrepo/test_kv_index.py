@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from goodrepo.errors import InvalidRequest, ValidationError
+from goodrepo.errors import GoodrepoError, InvalidRequest, ValidationError
 from goodrepo.storage.events import EventLog
 from goodrepo.storage.index import VersionIndex
 from goodrepo.storage.kv import KV
@@ -152,6 +152,8 @@ def test_bad_cursor(kv: KV) -> None:
         ({"namespace": "acme", "name": "caf\u00e9"}, "name"),
         ({"namespace": "acme", "name": None}, "name"),
         ({"namespace": "acme", "name": "app", "variant": 7}, "variant"),
+        ({"namespace": "acme", "name": "app", "variant": None}, "variant"),
+        ({"namespace": "acme", "name": "app", "version": None}, "version"),
     ],
 )
 def test_index_key_parts_are_printable_ascii_text(
@@ -162,6 +164,13 @@ def test_index_key_parts_are_printable_ascii_text(
     with kv.transaction() as txn, pytest.raises(ValidationError) as caught:
         idx.put(txn, row)
     assert caught.value.details == {"field": field}
-    with pytest.raises(ValidationError):
-        idx.latest([row["namespace"], row["name"]], variant=row["variant"])  # type: ignore[arg-type]
+    if field != "version" and row["variant"] is not None:  # None: any variant
+        with pytest.raises(ValidationError):
+            idx.latest([row["namespace"], row["name"]], variant=row["variant"])  # type: ignore[arg-type]
     assert list(kv.scan(b"")) == []
+
+
+def test_an_index_row_that_is_not_an_object_is_a_schema_fault(kv: KV) -> None:
+    idx = VersionIndex(kv, "versions", get_scheme("semver"), ["namespace", "name"])
+    with kv.transaction() as txn, pytest.raises(GoodrepoError, match="not an object"):
+        idx.put(txn, "sha256:00")  # type: ignore[arg-type]

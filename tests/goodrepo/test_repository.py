@@ -852,7 +852,7 @@ def test_a_page_size_the_schema_cannot_foresee_is_checked_when_it_renders(
 ) -> None:
     candidate = repo.schema
     query = next(x for x in candidate["routes"] if x["id"] == "versions")["pipeline"]
-    next(x for x in query if x["op"] == "index.scan")["limit"] = "$schema.description"
+    next(x for x in query if x["op"] == "index.scan")["limit"] = "$principal.sub"
     repo.replace_schema(candidate)
     repo.publish("acme", "app", "1.0.0", "linux", b"x")
     res = client_for(repo, WRITER).get("/v1/acme/app/versions", status=500)
