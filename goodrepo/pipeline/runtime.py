@@ -202,6 +202,8 @@ class Runtime:
         self.scope_implies: dict[str, set[str]] = {
             k: set(v) for k, v in auth.get("implies", {}).items()
         }
+        # admin implies every scope, whatever the schema's implies says
+        self.scope_implies["admin"] = set(auth.get("scopes", ())) | {"admin"}
         self.entities = {
             name: Entity.from_schema(name, spec) for name, spec in schema["entities"].items()
         }

@@ -167,6 +167,10 @@ def _check_auth(schema: dict[str, Any], problems: Problems) -> None:
         for s in [scope, *implied]:
             if s not in scopes:
                 problems.add(f"$.auth.implies.{scope}", f"unknown scope {s!r}")
+        if scope != "admin" and "admin" in implied:
+            problems.add(
+                f"$.auth.implies.{scope}", "no scope implies admin: grant admin itself"
+            )
 
 
 def _check_validation(schema: dict[str, Any], problems: Problems) -> None:

@@ -31,7 +31,7 @@ from goodrepo.errors import (
 from goodrepo.repository import SCHEMA_KEY, Repository
 from goodrepo.storage.blobs import BlobStore
 
-from .conftest import WRITER, client_for, publish
+from .conftest import ADMIN, WRITER, client_for, publish
 from .slow import BlockingBody, run_bounded, start_slow_publish, start_slow_put
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -857,3 +857,21 @@ def test_a_page_size_the_schema_cannot_foresee_is_checked_when_it_renders(
     repo.publish("acme", "app", "1.0.0", "linux", b"x")
     res = client_for(repo, WRITER).get("/v1/acme/app/versions", status=500)
     assert "page size is not a whole number" in res.json["error"]["message"]
+
+
+def test_admin_implies_every_scope_whatever_the_schema_says(repo: Repository) -> None:
+    candidate = repo.schema
+    candidate["auth"]["implies"] = {}
+    repo.replace_schema(candidate)
+    publish(client_for(repo, WRITER), "acme/app/1.0.0/linux", b"x")
+    client_for(repo, ADMIN).get("/v1/acme/app/1.0.0/linux", status=200)
+
+
+def test_no_scope_may_imply_admin(repo: Repository) -> None:
+    candidate = repo.schema
+    candidate["auth"]["implies"]["read"] = ["admin"]
+    with pytest.raises(InvalidConfig) as caught:
+        repo.replace_schema(candidate)
+    assert caught.value.problems == [
+        {"path": "$.auth.implies.read", "message": "no scope implies admin: grant admin itself"}
+    ]
