@@ -168,9 +168,7 @@ def _check_auth(schema: dict[str, Any], problems: Problems) -> None:
             if s not in scopes:
                 problems.add(f"$.auth.implies.{scope}", f"unknown scope {s!r}")
         if scope != "admin" and "admin" in implied:
-            problems.add(
-                f"$.auth.implies.{scope}", "no scope implies admin: grant admin itself"
-            )
+            problems.add(f"$.auth.implies.{scope}", "no scope implies admin: grant admin itself")
 
 
 def _check_validation(schema: dict[str, Any], problems: Problems) -> None:
@@ -296,6 +294,11 @@ def _check_routes(schema: dict[str, Any], problems: Problems) -> None:
     pairs: set[tuple[str, str]] = set()
     rules = []
     failure: Exception | None = None
+    # What the built-in variables hold, known from the schema itself: once, for every route.
+    builtins: dict[str, Shape | None] = {
+        "features": literal_shape(schema.get("features", {})),
+        "schema": literal_shape(schema),
+    }
     for i, route in enumerate(schema["routes"]):
         try:
             path = f"$.routes[{i}]"
@@ -314,7 +317,7 @@ def _check_routes(schema: dict[str, Any], problems: Problems) -> None:
             rules.append(
                 Rule(rule_path(route["path"]), endpoint=route["id"], methods=[route["method"]])
             )
-            _check_pipeline(schema, route, set(params), path, problems)
+            _check_pipeline(schema, route, set(params), path, problems, builtins)
         except Exception as err:  # a malformed route: check the others all the same
             failure = failure or err
     try:
@@ -422,7 +425,12 @@ _NEVER_CONDITIONAL = frozenset(
 
 
 def _check_pipeline(
-    schema: dict[str, Any], route: dict[str, Any], params: set[str], path: str, problems: Problems
+    schema: dict[str, Any],
+    route: dict[str, Any],
+    params: set[str],
+    path: str,
+    problems: Problems,
+    builtins: dict[str, Shape | None],
 ) -> None:
     allowed = set(schema["ops"]["allowed"])
     limit = schema["ops"]["limits"]["max_pipeline_ops"]
@@ -430,11 +438,7 @@ def _check_pipeline(
     if len(pipeline) > limit:
         problems.add(f"{path}.pipeline", f"{len(pipeline)} ops exceed max_pipeline_ops={limit}")
     defined_vars = set(BUILTIN_VARS)
-    # What each variable holds, when that is known: the built-in ones from the schema.
-    shapes: dict[str, Shape | None] = {
-        "features": literal_shape(schema.get("features", {})),
-        "schema": literal_shape(schema),
-    }
+    shapes = dict(builtins)  # what each variable holds, when that is known
     defined_fields: set[str] = set()
     in_txn = False
     staged = False  # a write is staged in the open transaction
