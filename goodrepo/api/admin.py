@@ -13,7 +13,7 @@ from .. import schema as schema_mod
 from ..accounts import validate_scopes
 from ..errors import InvalidRequest
 from ..pipeline.ops_request import read_body
-from .base import ApiRequest, Endpoint, field, paginated
+from .base import ApiRequest, Endpoint, field, only_members, paginated
 
 if TYPE_CHECKING:
     from ..accounts import KeyRing, TokenService, Users
@@ -162,6 +162,7 @@ class AdminEndpoints:
 
     def create_user(self, req: ApiRequest) -> tuple[int, dict[str, Any]]:
         body = req.json()
+        only_members(body, ("username", "password", "scopes"), "POST /admin/users")
         scopes = body.get("scopes", ["read"])
         if not isinstance(scopes, list):
             raise InvalidRequest("scopes must be a list", details={"field": "scopes"})
@@ -229,6 +230,7 @@ class AdminEndpoints:
 
     def create_token(self, req: ApiRequest) -> tuple[int, dict[str, Any]]:
         body = req.json()
+        only_members(body, ("name", "scopes", "expires_in"), "POST /admin/tokens")
         scopes = field(body, "scopes", list)
         kwargs: dict[str, Any] = {}
         if "expires_in" in body:

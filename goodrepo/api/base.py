@@ -112,11 +112,22 @@ class Endpoint:
 def field(body: dict[str, Any], name: str, kind: type = str) -> Any:
     """A required field of a JSON body, of the given type."""
     value = body.get(name)
-    if value is None:
+    if name not in body:
         raise InvalidRequest(f"{name} is required", details={"field": name})
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
         raise InvalidRequest(f"{name} must be {_JSON_KINDS[kind]}", details={"field": name})
     return value
+
+
+def only_members(body: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
+    """Refuse a JSON body with members other than ``allowed``: a misspelt optional member
+    (``expires`` for ``expires_in``) must not quietly get its default."""
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidRequest(
+            f"{what} takes {', '.join(allowed)}; not {', '.join(unknown)}",
+            details={"unknown": unknown},
+        )
 
 
 _JSON_KINDS: dict[Any, str] = {

@@ -47,7 +47,13 @@ def _error(res: webtest.TestResponse) -> tuple[str, str, str]:
         ("patch", "/admin/users/admin", {"disabled": "yes"}, "disabled must be true or false"),
         ("post", "/admin/users", {"username": 5, "password": "x"}, "username must be a string"),
         ("post", "/admin/users", {"password": "x"}, "username is required"),
-        ("post", "/admin/users", {"username": None, "password": "x"}, "username is required"),
+        ("post", "/admin/users", {"username": None, "password": "x"}, "username must be a string"),
+        (
+            "post",
+            "/admin/tokens",
+            {"name": "ci", "scopes": ["read"], "expires_in": None},
+            "expires_in must be a whole number",
+        ),
     ],
 )
 def test_a_field_of_the_wrong_type_is_named_with_the_type_it_needs(
@@ -56,6 +62,37 @@ def test_a_field_of_the_wrong_type_is_named_with_the_type_it_needs(
     admin = bearer(login(web)["token"])
     res = getattr(web, f"{method}_json")(path, body, headers=admin, status=400)
     assert _error(res) == ("INVALID_REQUEST", message, message.split()[0])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/admin/tokens",
+            {"name": "ci", "scopes": ["read"], "expires": 3600},
+            "POST /admin/tokens takes name, scopes, expires_in; not expires",
+        ),
+        (
+            "/admin/users",
+            {"username": "ci", "password": "a quiet long passphrase", "scope": ["write"]},
+            "POST /admin/users takes username, password, scopes; not scope",
+        ),
+    ],
+)
+def test_a_misspelt_member_is_refused_and_nothing_is_created(
+    web: webtest.TestApp, path: str, body: dict[str, object], message: str
+) -> None:
+    # Taken quietly, the misspelt member would get its default: a 90-day token for one
+    # meant to last an hour, a read-only user for one meant to write.
+    admin = bearer(login(web)["token"])
+    res = web.post_json(path, body, headers=admin, status=400)
+    error = res.json["error"]
+    assert (error["code"], error["message"]) == ("INVALID_REQUEST", message)
+    assert error["details"]["unknown"] == [message.rsplit(" ", 1)[1]]
+    assert [row["username"] for row in web.get("/admin/users", headers=admin).json["users"]] == [
+        "admin"
+    ]
+    assert web.get("/admin/tokens", headers=admin).json["tokens"] == []
 
 
 @pytest.mark.parametrize(
