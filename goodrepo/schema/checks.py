@@ -333,7 +333,7 @@ def _templates(spec: OpSpec, args: dict[str, Any]) -> Iterable[tuple[str, Templa
         if name not in args:
             continue
         value = args[name]
-        if arg.kind in ("value", "text", "headers"):
+        if arg.kind in ("value", "text", "headers", "ref"):
             yield name, compile_value(value)
         elif arg.kind == "object" and name in ("fields", "conflict"):
             yield name, compile_value(value)

@@ -163,6 +163,10 @@ EXPECTED: dict[tuple[str, str], tuple[frozenset[str], str]] = {
         "must be true, false, or a $reference to a bool query parameter",
     ),
     ("index.groups", "name_prefix"): _TEXT_OR_NULL,
+    ("respond.json", "paginate"): (
+        frozenset({"object"}),
+        "must be a $reference to a page of a scan, whose next_cursor makes the Link header",
+    ),
     **{(scan, "limit"): _PAGE_SIZE for scan in ("kv.scan", "index.scan", "index.groups")},
     **{(scan, "cursor"): _CURSOR for scan in ("kv.scan", "index.scan", "index.groups")},
 }

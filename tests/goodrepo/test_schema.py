@@ -629,6 +629,18 @@ BROKEN = [
         id="for-each-a-string-variable",
     ),
     pytest.param(
+        _call(lambda s: step(s, "versions", "respond.json").update(paginate="$nosuch")),
+        "$.routes[5].pipeline[6]",
+        "$nosuch is read before it is defined",
+        id="paginate-undefined",
+    ),
+    pytest.param(
+        _call(lambda s: step(s, "versions", "respond.json").update(paginate="$page.next_cursor")),
+        ".paginate",
+        "a page of a scan",
+        id="paginate-not-a-page",
+    ),
+    pytest.param(
         _call(lambda s: step(s, "delete_artifact", "index.delete").update(row=[])),
         ".row",
         "must be an object",
