@@ -35,6 +35,7 @@ class EventLog:
 
     def __init__(self, kv: KV) -> None:
         self.kv = kv
+        self._last_at = ""
 
     def emit(self, txn: Transaction, type_: str, payload: dict[str, Any]) -> None:
         """Append an event to ``txn``; it gets its ``seq`` when the transaction commits."""
@@ -42,9 +43,12 @@ class EventLog:
         # ``uuid4``: its ``os.urandom`` call releases the GIL, which costs a threaded
         # server more than it is worth. An event ID must be unique, not secret.
         event_id = str(uuid.UUID(int=random.getrandbits(128), version=4))
-        at = now_iso8601()
 
         def build(seq: int) -> dict[str, Any]:
+            # Stamped as the transaction commits, which hands out seqs in order, and never
+            # before the event ahead of it: ``at`` grows with ``seq``, even when another
+            # transaction began first or the clock steps back.
+            at = self._last_at = max(now_iso8601(), self._last_at)
             return {"seq": seq, "event_id": event_id, "type": type_, "payload": payload, "at": at}
 
         txn.append(PREFIX, build)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from goodrepo.errors import GoodrepoError, InvalidRequest, ValidationError
+from goodrepo.storage import events as events_mod
 from goodrepo.storage.events import EventLog
 from goodrepo.storage.index import VersionIndex
 from goodrepo.storage.kv import KV
@@ -92,6 +94,23 @@ def test_event_seq_is_in_commit_order_under_threads(kv: KV) -> None:
         t.join()
     events, _ = log.read(0, 1000)
     assert [e["seq"] for e in events] == list(range(1, 161))
+
+
+def test_event_times_grow_with_seq(kv: KV, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = EventLog(kv)
+    with kv.transaction() as first:
+        log.emit(first, "x", {"n": 1})
+        time.sleep(0.005)
+        with kv.transaction() as second:  # began later, commits first
+            log.emit(second, "x", {"n": 2})
+    # The clock steps back (a correction): the next event is not dated before the last.
+    monkeypatch.setattr(events_mod, "now_iso8601", lambda: "2000-01-01T00:00:00.000Z")
+    with kv.transaction() as third:
+        log.emit(third, "x", {"n": 3})
+    events, _ = log.read(0, 10)
+    assert [e["payload"]["n"] for e in events] == [2, 1, 3]
+    times = [e["at"] for e in events]
+    assert times == sorted(times) and times[2] == times[1]
 
 
 def _row(name: str, version: str, variant: str = "linux") -> dict[str, str]:
