@@ -171,10 +171,17 @@ class Repository:
         return copy.deepcopy(self._runtime.schema)
 
     def replace_schema(self, new_schema: Any, *, by: str = "system") -> None:
-        """Validate, store and hot-swap a schema; raises InvalidConfig, changing nothing."""
+        """Validate, store and hot-swap a schema; raises InvalidConfig, changing nothing.
+
+        The active schema again, to the byte, is a no-op: nothing is stored or logged,
+        and no ``schema.replaced`` event goes to followers.
+        """
         # Validated before it is copied: a copy of a schema nested too deeply would fail.
         validated = copy.deepcopy(schema_mod.validate(new_schema))
         with self._swap_lock:
+            # Compared as JSON text: Python counts 1, 1.0 and true as equal; JSON does not.
+            if json.dumps(validated) == json.dumps(self.runtime.schema):
+                return
             # Build everything the new schema needs before storing it: a swap that
             # fails must leave the stored schema as it was.
             self._check_strands(validated)

@@ -524,6 +524,23 @@ def test_set_features_returns_all_flags_and_records_an_event(repo: Repository) -
     assert (event["type"], event["payload"]) == ("schema.replaced", {"by": "ops"})
 
 
+def test_the_active_schema_again_changes_nothing_and_records_no_event(
+    repo: Repository,
+) -> None:
+    runtime = repo.runtime
+    repo.replace_schema(repo.schema, by="ops")
+    repo.set_features({"mutable_tags": True}, by="ops")  # as it is already
+    assert repo.runtime is runtime
+    assert repo.events.read(0, 10)[0] == []
+    # A value that JSON tells apart from the one in place (1.0 for 1) is a change.
+    changed = repo.schema
+    changed["gc"]["grace_period_seconds"] = float(changed["gc"]["grace_period_seconds"])
+    assert changed == repo.schema
+    repo.replace_schema(changed, by="ops")
+    assert repo.runtime is not runtime
+    assert [e["type"] for e in repo.events.read(0, 10)[0]] == ["schema.replaced"]
+
+
 def test_replacement_takes_effect_on_the_next_request_only(repo: Repository) -> None:
     """A request keeps the runtime it started with; the next one gets the new schema."""
     repo.publish("acme", "app", "1.0.0", "linux", b"one")
@@ -820,7 +837,7 @@ def test_a_schema_the_checks_pass_but_that_cannot_compile_is_refused(
         raise TypeError("an op met an argument of a type no check foresaw")
 
     monkeypatch.setattr(repository_mod, "Runtime", broken)
-    assert refused_paths(repo, lambda s: s["features"].update(mutable_tags=True)) == ["$"]
+    assert refused_paths(repo, lambda s: s["features"].update(mutable_tags=False)) == ["$"]
 
 
 def test_a_body_too_big_for_a_json_schema_is_the_clients_fault(repo: Repository) -> None:
