@@ -35,7 +35,8 @@ class EventLog:
 
     def __init__(self, kv: KV) -> None:
         self.kv = kv
-        self._last_at = ""
+        newest = [loads(value)["at"] for _, value in kv.scan(PREFIX, reverse=True, limit=1)]
+        self._last_at: str = newest[0] if newest else ""
 
     def emit(self, txn: Transaction, type_: str, payload: dict[str, Any]) -> None:
         """Append an event to ``txn``; it gets its ``seq`` when the transaction commits."""

@@ -107,10 +107,12 @@ def test_event_times_grow_with_seq(kv: KV, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(events_mod, "now_iso8601", lambda: "2000-01-01T00:00:00.000Z")
     with kv.transaction() as third:
         log.emit(third, "x", {"n": 3})
+    with kv.transaction() as fourth:  # and after a restart
+        EventLog(kv).emit(fourth, "x", {"n": 4})
     events, _ = log.read(0, 10)
-    assert [e["payload"]["n"] for e in events] == [2, 1, 3]
+    assert [e["payload"]["n"] for e in events] == [2, 1, 3, 4]
     times = [e["at"] for e in events]
-    assert times == sorted(times) and times[2] == times[1]
+    assert times == sorted(times) and times[3] == times[2] == times[1]
 
 
 def _row(name: str, version: str, variant: str = "linux") -> dict[str, str]:
