@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
@@ -226,7 +227,10 @@ def cmd_serve(args: argparse.Namespace, serve: Callable[..., None], out: TextIO)
     _configure_logging(settings.log_format, settings.log_level)
     if serve is run_server:
         _check_address(settings.host, settings.port)
-    app = _build(settings)
+    try:
+        app = _build(settings)
+    except StoreError as err:
+        raise _cannot_open(settings.data, err) from err
     try:
         try:
             app.maintenance()
@@ -262,10 +266,14 @@ def _open(args: argparse.Namespace, *, create: bool = False) -> Any:
     try:
         return _build(settings)
     except StoreError as err:
-        hint = ""
-        if "lock" in err.message.lower():  # RocksDB allows one process per directory
-            hint = "\n(is a server running on it? use its admin API, or stop it first)"
-        raise SystemExit(f"goodrepo: cannot open {settings.data}: {err.message}{hint}") from err
+        raise _cannot_open(settings.data, err) from err
+
+
+def _cannot_open(data: Path, err: StoreError) -> SystemExit:
+    hint = ""
+    if "lock" in err.message.lower():  # RocksDB allows one process per directory
+        hint = "\n(is a server running on it? use its admin API, or stop it first)"
+    return SystemExit(f"goodrepo: cannot open {data}: {err.message}{hint}")
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -448,9 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
             "is printed once.",
         )
     )
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0: any)")
-    serve.add_argument("--threads", type=int, help="worker threads (default 8)")
+    serve.add_argument(
+        "--host", help="address to listen on (default: the host setting, 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, help="port to listen on (default: the port setting, 8080; 0: any)"
+    )
+    serve.add_argument(
+        "--threads", type=int, help="worker threads (default: the threads setting, 8)"
+    )
 
     def leaf(parent: Any, name: str, text: str) -> argparse.ArgumentParser:
         return common(parent.add_parser(name, help=text, description=text + "."))
@@ -504,10 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tsub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = leaf(tsub, "create", "Create an API token and print it once, with its id and expiry")
-    create.add_argument("--owner", default="admin", help="user the token acts for")
+    create.add_argument(
+        "--owner", default="admin", help="user the token acts for (default: admin)"
+    )
     create.add_argument("--name", required=True, help="what the token is for")
     create.add_argument(
-        "--scopes", default="read", help="comma-separated subset of the owner's scopes"
+        "--scopes",
+        default="read",
+        help="comma-separated subset of the owner's scopes (default: read)",
     )
     create.add_argument(
         "--expires-in",

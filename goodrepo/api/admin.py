@@ -173,8 +173,10 @@ class AdminEndpoints:
     def patch_user(self, req: ApiRequest) -> dict[str, Any]:
         body = req.json()
         name = req.values["username"]
+        if not body:
+            raise InvalidRequest("PATCH takes one or more of scopes, disabled, password")
         unknown = sorted(set(body) - {"scopes", "disabled", "password"})
-        if unknown or not body:
+        if unknown:
             raise InvalidRequest(
                 "PATCH takes any of scopes, disabled, password",
                 details={"unknown": unknown},

@@ -385,12 +385,13 @@ def test_passwd_of_an_unknown_user_asks_for_no_password(tmp_path: Path) -> None:
     assert "password:" not in screen
 
 
-def test_user_list_while_a_server_holds_the_directory(server: Any) -> None:
+def test_commands_on_a_directory_a_server_holds_say_so(server: Any) -> None:
     s = server()
-    for args in (("user", "list"), ("token", "list")):
+    for args in (("user", "list"), ("token", "list"), ("serve", "--port", "0")):
         done = goodrepo(*args, data=s.data)
-        assert done.returncode != 0
-        assert "server" in done.stderr and "running" in done.stderr, done.stderr
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"goodrepo: cannot open {s.data}: "), done.stderr
+        assert "(is a server running on it?" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert s.request("GET", "/health").status_code == 200  # the server is unharmed
 

@@ -64,6 +64,16 @@ def test_a_field_of_the_wrong_type_is_named_with_the_type_it_needs(
     assert _error(res) == ("INVALID_REQUEST", message, message.split()[0])
 
 
+def test_an_empty_patch_says_what_it_takes(web: webtest.TestApp) -> None:
+    admin = bearer(login(web)["token"])
+    res = web.patch_json("/admin/users/admin", {}, headers=admin, status=400)
+    error = res.json["error"]
+    assert (error["code"], error["message"]) == (
+        "INVALID_REQUEST",
+        "PATCH takes one or more of scopes, disabled, password",
+    )
+
+
 @pytest.mark.parametrize(
     ("path", "body", "message"),
     [
